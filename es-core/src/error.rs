@@ -1,0 +1,211 @@
+//! The framework's errors. Each names what it is about: the stream, the
+//! version, the event type.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::event::RecordedEvent;
+use crate::version::{ExpectedVersion, StreamId};
+
+/// An error from an event store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was written.
+    #[error("wrong expected version on stream `{stream_id}`: expected {expected}, actual version {actual}")]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream_id: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was refused (0 = no stream).
+        actual: u64,
+    },
+
+    /// An event id is already stored with other content or elsewhere; an
+    /// append that repeats a stored append exactly is not an error.
+    #[error("event id {event_id} is already stored in stream `{stored_in}` at version {stored_version}, and this append differs from that one: {reason}")]
+    DuplicateEventId {
+        /// The repeated event id.
+        event_id: Uuid,
+        /// The stream that holds it.
+        stored_in: StreamId,
+        /// Its version there.
+        stored_version: u64,
+        /// How the new append differs.
+        reason: String,
+    },
+
+    /// The append itself is malformed (for example, one event id twice).
+    #[error("invalid append to stream `{stream_id}`: {reason}")]
+    InvalidAppend {
+        /// The stream appended to.
+        stream_id: StreamId,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A stored row cannot be read back (bad JSON, impossible values).
+    #[error("corrupt event in stream `{stream_id}` at version {stream_version}: {reason}")]
+    Corrupt {
+        /// The stream that holds the row.
+        stream_id: StreamId,
+        /// The row's version.
+        stream_version: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The store could not be reached or the reply was lost. The operation
+    /// may or may not have taken effect: retry it with the same event ids.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+
+    /// Any other failure of the store's backend.
+    #[error("event store failure: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation (same event ids) may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether this is an optimistic-concurrency conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::WrongExpectedVersion { .. })
+    }
+}
+
+/// Why an event could not be decoded (without where: see [`DecodeError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// No variant of the event type has this stored type name.
+    #[error("unknown event type (known: {known})")]
+    UnknownEventType {
+        /// The type names the event type knows, comma-separated.
+        known: String,
+    },
+    /// The stored schema version is not the one the event type reads.
+    #[error("unsupported schema version {found} (the event type reads version {current})")]
+    UnsupportedSchemaVersion {
+        /// The stored version.
+        found: u32,
+        /// The version the code reads.
+        current: u32,
+    },
+    /// The payload does not match the event's fields.
+    #[error("payload does not match the event: {0}")]
+    Payload(#[source] serde_json::Error),
+}
+
+impl DecodeErrorKind {
+    /// The error for a type name none of `known` matches.
+    pub fn unknown_event_type(known: &[&str]) -> Self {
+        DecodeErrorKind::UnknownEventType {
+            known: known.join(", "),
+        }
+    }
+}
+
+/// A stored event that does not decode into the domain event type, with
+/// where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode event `{event_type}` (schema version {schema_version}) at version {stream_version} of stream `{stream_id}`: {kind}")]
+pub struct DecodeError {
+    /// The stream that holds the event.
+    pub stream_id: StreamId,
+    /// The event's version in it.
+    pub stream_version: u64,
+    /// The event's global position.
+    pub global_position: u64,
+    /// The stored type name.
+    pub event_type: Cow<'static, str>,
+    /// The stored schema version.
+    pub schema_version: u32,
+    /// What went wrong.
+    #[source]
+    pub kind: DecodeErrorKind,
+}
+
+impl DecodeError {
+    pub(crate) fn new<T>(event: &RecordedEvent<T>, kind: DecodeErrorKind) -> Self {
+        DecodeError {
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            global_position: event.global_position,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            kind,
+        }
+    }
+}
+
+/// A domain event that could not be serialized.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode event: {message}")]
+pub struct EncodeError {
+    message: String,
+}
+
+impl EncodeError {
+    /// An encode error with a message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        EncodeError {
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<serde_json::Error> for EncodeError {
+    fn from(e: serde_json::Error) -> Self {
+        EncodeError::new(e)
+    }
+}
+
+/// Why a command did not produce committed events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The aggregate refused the command: a domain error. Nothing was written.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+
+    /// Other writers kept changing the stream; every attempt conflicted.
+    #[error("stream `{stream_id}` kept changing: gave up after {attempts} conflicting attempts")]
+    Conflict {
+        /// The aggregate's stream.
+        stream_id: StreamId,
+        /// How many times the command was decided.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        source: StoreError,
+    },
+
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    /// A stored event of the aggregate does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+
+    /// A new event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+impl<E> CommandError<E> {
+    /// The domain error, if the aggregate refused the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            CommandError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The core of the `es` event-sourcing framework: the model (aggregates,
+//! events, commands, envelopes, metadata, expected versions), the
+//! [`EventStore`] trait every store implements, and the command runtime
+//! ([`Repository`]) that loads an aggregate, decides, appends and retries on
+//! conflict.
+//!
+//! The derives [`Event`](macro@Event), [`Command`](macro@Command) and
+//! [`Aggregate`](macro@Aggregate) are re-exported here, so a user needs one
+//! dependency. With the `testing` feature, [`testing`] adds the
+//! given/when/then test kit, a fault-injecting store wrapper and the store
+//! conformance suite.
+//!
+//! ```
+//! use es_core::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+//! enum CounterEvent {
+//!     Incremented { by: u32 },
+//! }
+//!
+//! #[derive(Debug, Clone, Command)]
+//! enum CounterCommand {
+//!     Increment { id: String, by: u32 },
+//! }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("counter would overflow")]
+//! struct Overflow;
+//!
+//! #[derive(Debug, Default, Aggregate)]
+//! #[aggregate(name = "counter", event = CounterEvent, command = CounterCommand, error = Overflow)]
+//! struct Counter {
+//!     value: u32,
+//! }
+//!
+//! impl Counter {
+//!     fn handle(&self, command: CounterCommand) -> Result<Vec<CounterEvent>, Overflow> {
+//!         match command {
+//!             CounterCommand::Increment { by, .. } => {
+//!                 self.value.checked_add(by).ok_or(Overflow)?;
+//!                 Ok(vec![CounterEvent::Incremented { by }])
+//!             }
+//!         }
+//!     }
+//!
+//!     fn apply(&mut self, event: &CounterEvent) {
+//!         match event {
+//!             CounterEvent::Incremented { by } => self.value += by,
+//!         }
+//!     }
+//! }
+//!
+//! assert_eq!(<Counter as Aggregate>::TYPE, "counter");
+//! assert_eq!(Counter::stream_id("c-1").as_str(), "counter-c-1");
+//! ```
+
+#![warn(missing_docs)]
+
+// Lets the derives name this crate as `::es_core` from inside it too.
+extern crate self as es_core;
+
+mod aggregate;
+mod error;
+mod event;
+mod metadata;
+mod runtime;
+mod store;
+mod version;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use aggregate::{Aggregate, Command};
+pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
+pub use event::{Event, NewEvent, Payload, RecordedEvent};
+pub use metadata::{CommandContext, Metadata};
+pub use runtime::{CommandOutcome, Loaded, Repository, RetryPolicy};
+pub use store::{EventStore, EventStream, Snapshot, StreamAppend};
+pub use version::{ExpectedVersion, StreamId};
+
+pub use es_macros::{Aggregate, Command, Event};
+
+/// Everything a user of the framework usually needs, in one import.
+pub mod prelude {
+    pub use crate::{
+        Aggregate, Command, CommandContext, CommandError, CommandOutcome, Event, EventStore,
+        ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository, StoreError, StreamAppend,
+        StreamId,
+    };
+}
+
+/// Not public API: the paths the derive macros expand to.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::event::{decode_struct, decode_variant, encode_struct, encode_variant};
+    pub use core::future::{ready, Future};
+    pub use core::result::Result;
+    pub use serde_json::{from_str as json_from_str, to_string as json_to_string};
+    pub use std::string::{String, ToString};
+    pub use std::vec::Vec;
+}

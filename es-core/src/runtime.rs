@@ -1,0 +1,388 @@
+//! The command runtime: load an aggregate by folding its stream, let it
+//! decide, append what it decided with the loaded version as the
+//! expectation, and on a conflict reload and decide again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aggregate::{Aggregate, Command};
+use crate::error::{CommandError, StoreError};
+use crate::event::Payload;
+use crate::event::{NewEvent, RecordedEvent};
+use crate::metadata::CommandContext;
+use crate::store::{EventStore, Snapshot};
+use crate::version::{ExpectedVersion, StreamId};
+
+/// Events read per round trip when loading an aggregate.
+const LOAD_PAGE: usize = 1024;
+
+/// How often the runtime tries again.
+///
+/// ```
+/// use es_core::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RetryPolicy::default().max_attempts(5).backoff(Duration::from_millis(2));
+/// assert_eq!(policy.max_attempts, 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How many times a command is decided before a conflict is returned
+    /// (at least 1).
+    pub max_attempts: u32,
+    /// How many times one append is re-sent after the store was unavailable
+    /// or the reply was lost (with the same event ids, so nothing is stored
+    /// twice).
+    pub max_transient_retries: u32,
+    /// The first pause before re-sending; doubled each time.
+    pub initial_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Sets [`RetryPolicy::max_attempts`] (0 counts as 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets [`RetryPolicy::max_transient_retries`].
+    pub fn max_transient_retries(mut self, retries: u32) -> Self {
+        self.max_transient_retries = retries;
+        self
+    }
+
+    /// Sets [`RetryPolicy::initial_backoff`].
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.initial_backoff = backoff;
+        self
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            max_transient_retries: 3,
+            initial_backoff: Duration::from_millis(5),
+        }
+    }
+}
+
+/// An aggregate as loaded from its stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    /// The state after every stored event.
+    pub state: A,
+    /// The stream's version: the number of events applied (0 = new).
+    pub version: u64,
+    /// How many events were read and applied (fewer than `version` when the
+    /// load started from a snapshot).
+    pub replayed: u64,
+}
+
+/// What a command committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome<E> {
+    /// The aggregate's stream.
+    pub stream_id: StreamId,
+    /// The events as stored, with versions, positions and metadata. Empty
+    /// when the aggregate decided that nothing needs to happen.
+    pub events: Vec<RecordedEvent<E>>,
+    /// The stream's version after the command.
+    pub version: u64,
+    /// How many times the command was decided (more than 1 after conflicts).
+    pub attempts: u32,
+}
+
+/// Runs commands against aggregates of type `A` kept in the store `S`.
+///
+/// ```
+/// # use es_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+/// # enum CounterEvent { Incremented { by: u32 } }
+/// # #[derive(Debug, Clone, Command)]
+/// # enum CounterCommand { Increment { id: String, by: u32 } }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("overflow")]
+/// # struct Overflow;
+/// # #[derive(Debug, Default, Aggregate)]
+/// # #[aggregate(event = CounterEvent, command = CounterCommand, error = Overflow)]
+/// # struct Counter { value: u32 }
+/// # impl Counter {
+/// #     fn handle(&self, c: CounterCommand) -> Result<Vec<CounterEvent>, Overflow> {
+/// #         let CounterCommand::Increment { by, .. } = c;
+/// #         self.value.checked_add(by).ok_or(Overflow)?;
+/// #         Ok(vec![CounterEvent::Incremented { by }])
+/// #     }
+/// #     fn apply(&mut self, e: &CounterEvent) { let CounterEvent::Incremented { by } = e; self.value += by; }
+/// # }
+/// # async fn run<S: EventStore>(store: S) -> Result<(), CommandError<Overflow>> {
+/// let counters = Repository::<Counter, _>::new(store);
+/// let outcome = counters
+///     .execute(CounterCommand::Increment { id: "c1".into(), by: 2 })
+///     .await?;
+/// assert_eq!(outcome.version, 1);
+/// assert_eq!(counters.load("c1").await?.state.value, 2);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Repository<A: Aggregate, S> {
+    store: S,
+    services: Arc<A::Services>,
+    retry: RetryPolicy,
+    snapshots: Option<SnapshotPolicy<A>>,
+}
+
+/// When and how to snapshot an aggregate's state.
+struct SnapshotPolicy<A> {
+    every: u64,
+    schema_version: u32,
+    encode: fn(&A) -> Result<String, serde_json::Error>,
+    decode: fn(&str) -> Result<A, serde_json::Error>,
+}
+
+impl<A> Clone for SnapshotPolicy<A> {
+    fn clone(&self) -> Self {
+        SnapshotPolicy { ..*self }
+    }
+}
+
+impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Repository {
+            store: self.store.clone(),
+            services: Arc::clone(&self.services),
+            retry: self.retry,
+            snapshots: self.snapshots.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository for an aggregate that needs no services (or default ones).
+    pub fn new(store: S) -> Self
+    where
+        A::Services: Default,
+    {
+        Self::with_services(store, A::Services::default())
+    }
+
+    /// A repository whose aggregates consult `services` when deciding.
+    pub fn with_services(store: S, services: A::Services) -> Self {
+        Repository {
+            store,
+            services: Arc::new(services),
+            retry: RetryPolicy::default(),
+            snapshots: None,
+        }
+    }
+
+    /// Snapshots the state every `every` events (in the stores that keep
+    /// snapshots), so a load reads the latest snapshot and only the events
+    /// after it. `schema_version` names the state's format: bump it when the
+    /// state's fields change, and older snapshots are ignored. A snapshot
+    /// that does not decode is ignored with a warning and the aggregate is
+    /// replayed in full.
+    pub fn with_snapshots(mut self, every: u64, schema_version: u32) -> Self
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.snapshots = Some(SnapshotPolicy {
+            every: every.max(1),
+            schema_version,
+            encode: |state| serde_json::to_string(state),
+            decode: |text| serde_json::from_str(text),
+        });
+        self
+    }
+
+    /// Replaces the retry policy.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Loads the aggregate instance `id` by applying every stored event.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_stream(&A::stream_id(id)).await
+    }
+
+    async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            replayed: 0,
+        };
+        if let Some(policy) = &self.snapshots {
+            if let Some(snapshot) = self.store.load_snapshot(stream_id).await? {
+                if snapshot.schema_version != policy.schema_version {
+                    tracing::info!(stream = %stream_id, found = snapshot.schema_version, current = policy.schema_version, "ignoring a snapshot of another format; replaying in full");
+                } else {
+                    match (policy.decode)(snapshot.state.as_str()) {
+                        Ok(state) => {
+                            loaded.state = state;
+                            loaded.version = snapshot.version;
+                        }
+                        Err(error) => {
+                            tracing::warn!(stream = %stream_id, version = snapshot.version, %error, "ignoring a snapshot that does not decode; replaying in full")
+                        }
+                    }
+                }
+            }
+        }
+        loop {
+            let page = self
+                .store
+                .read_stream(stream_id, loaded.version + 1, LOAD_PAGE)
+                .await?;
+            let done = page.len() < LOAD_PAGE;
+            for recorded in &page {
+                let event = recorded.decode::<A::Event>()?;
+                loaded.state.evolve(&event.data);
+                loaded.version = recorded.stream_version;
+                loaded.replayed += 1;
+            }
+            if done {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Runs a command with a fresh [`CommandContext`].
+    pub async fn execute(
+        &self,
+        command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.execute_with(command, CommandContext::new()).await
+    }
+
+    /// Runs a command: load, decide, append with the loaded version as the
+    /// expectation; on a conflict, reload and decide again, up to
+    /// [`RetryPolicy::max_attempts`] times. Every event carries the context's
+    /// metadata, with the command id as its causation id.
+    pub async fn execute_with(
+        &self,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let stream_id = A::stream_id(&command.aggregate_id());
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let loaded = self.load_stream(&stream_id).await?;
+            let decided = loaded
+                .state
+                .decide(command.clone(), &self.services)
+                .await
+                .map_err(CommandError::Rejected)?;
+            if decided.is_empty() {
+                return Ok(CommandOutcome {
+                    stream_id,
+                    events: Vec::new(),
+                    version: loaded.version,
+                    attempts,
+                });
+            }
+            let metadata = context.event_metadata();
+            let new_events = decided
+                .iter()
+                .map(|event| NewEvent::from_event(event, metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = ExpectedVersion::at(loaded.version);
+            match self
+                .append_resending(&stream_id, expected, new_events)
+                .await
+            {
+                Ok(recorded) => {
+                    let version = recorded.last().map_or(loaded.version, |e| e.stream_version);
+                    if let Some(policy) = &self.snapshots {
+                        if version / policy.every > loaded.version / policy.every {
+                            let mut state = loaded.state;
+                            decided.iter().for_each(|e| state.evolve(e));
+                            self.save_snapshot(policy, &stream_id, &state, version)
+                                .await;
+                        }
+                    }
+                    let events = recorded
+                        .iter()
+                        .zip(decided)
+                        .map(|(recorded, event)| recorded.with_data(event))
+                        .collect();
+                    return Ok(CommandOutcome {
+                        stream_id,
+                        events,
+                        version,
+                        attempts,
+                    });
+                }
+                Err(conflict) if conflict.is_conflict() => {
+                    tracing::debug!(stream = %stream_id, attempts, "conflict; reloading");
+                    if attempts >= self.retry.max_attempts {
+                        return Err(CommandError::Conflict {
+                            stream_id,
+                            attempts,
+                            source: conflict,
+                        });
+                    }
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// Saves a snapshot; a failure only costs a longer load later.
+    async fn save_snapshot(
+        &self,
+        policy: &SnapshotPolicy<A>,
+        stream_id: &StreamId,
+        state: &A,
+        version: u64,
+    ) {
+        let state = match (policy.encode)(state) {
+            Ok(text) => Payload::from_json_unchecked(text),
+            Err(error) => {
+                tracing::warn!(stream = %stream_id, %error, "cannot encode a snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            version,
+            schema_version: policy.schema_version,
+            state,
+            taken_at: chrono::Utc::now(),
+        };
+        if let Err(error) = self.store.save_snapshot(stream_id, snapshot).await {
+            tracing::warn!(stream = %stream_id, %error, "cannot save a snapshot");
+        }
+    }
+
+    /// Appends, re-sending the same events (same ids) when the store was
+    /// unavailable or the reply was lost: the store's idempotency makes a
+    /// re-sent append that had in fact succeeded return the first result.
+    async fn append_resending(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut backoff = self.retry.initial_backoff;
+        let mut retries = 0;
+        loop {
+            match self.store.append(stream_id, expected, events.clone()).await {
+                Err(e) if e.is_transient() && retries < self.retry.max_transient_retries => {
+                    retries += 1;
+                    tracing::warn!(stream = %stream_id, retries, error = %e, "append failed; re-sending");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                }
+                result => return result,
+            }
+        }
+    }
+}

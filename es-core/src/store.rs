@@ -1,0 +1,208 @@
+//! The event store contract every store implements: atomic appends with an
+//! expected version, stream and global-log reads, and live subscriptions.
+//!
+//! The full contract (the log's rules in DESIGN.md) is checked by the
+//! conformance suite in `testing::conformance`; a store is only a store when
+//! it passes it.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use crate::error::StoreError;
+use crate::event::{NewEvent, Payload, RecordedEvent};
+use crate::version::{ExpectedVersion, StreamId};
+
+/// Events read per round trip by the streaming reads.
+const READ_PAGE: usize = 1024;
+
+/// One stream's part of an atomic append across several streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamAppend {
+    /// The stream appended to.
+    pub stream_id: StreamId,
+    /// What the append expects of that stream.
+    pub expected: ExpectedVersion,
+    /// The events to append to it.
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    /// One stream's part of an atomic append.
+    pub fn new(
+        stream_id: impl Into<StreamId>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        StreamAppend {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
+    }
+}
+
+/// A stored snapshot of an aggregate's state at a stream version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The stream version the state includes.
+    pub version: u64,
+    /// The version of the state's format; a snapshot of another format is
+    /// ignored and the aggregate replayed in full.
+    pub schema_version: u32,
+    /// The state as JSON.
+    pub state: Payload,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+}
+
+/// A live subscription to the global log: every event from a position on,
+/// in log order, first the stored ones (catch-up) and then new ones as they
+/// commit. It ends only when the consumer drops it; a store error is yielded
+/// as an item and the stream ends after it.
+pub type EventStream = BoxStream<'static, Result<RecordedEvent, StoreError>>;
+
+/// An append-only log of events, in streams and in one global order.
+///
+/// Versions in a stream are contiguous from 1; global positions increase
+/// from 1 in the one order every reader sees. Stores are cheap handles:
+/// clones share the same log.
+pub trait EventStore: Clone + Send + Sync + 'static {
+    /// Appends `events` to `stream_id` if the stream meets `expected`: all
+    /// of them or none. Returns the events as recorded, with their versions
+    /// and positions.
+    ///
+    /// An append whose event ids are all already stored, in this stream, in
+    /// the same order and with the same content, is a retry: it stores
+    /// nothing and returns the events as first recorded, whatever the
+    /// expectation. Any other reuse of a stored id is
+    /// [`StoreError::DuplicateEventId`]. Appending no events checks the
+    /// expectation and writes nothing.
+    fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Reads up to `limit` events of one stream, from `from_version`
+    /// (inclusive, versions start at 1) on. A stream that does not exist
+    /// reads as empty.
+    fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Reads up to `limit` events of the global log, from `from_position`
+    /// (inclusive, positions start at 1) on.
+    fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The stream's current version: 0 when it does not exist.
+    fn stream_version(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The position of the last event a reader of the global log can see: 0
+    /// for an empty log.
+    fn head_position(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Follows the global log from `from_position` (inclusive): catch-up,
+    /// then live. See [`EventStream`].
+    fn subscribe(&self, from_position: u64) -> EventStream;
+
+    /// Appends to several streams atomically: every stream's expectation is
+    /// checked on its own, and either all events are stored or none. The
+    /// first refused stream's error is returned. A stream may appear once.
+    /// Returns each stream's recorded events, in the order given.
+    fn append_atomic(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> impl Future<Output = Result<Vec<Vec<RecordedEvent>>, StoreError>> + Send;
+
+    /// The latest snapshot of a stream, if the store keeps snapshots.
+    fn load_snapshot(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        let _ = stream_id;
+        async { Ok(None) }
+    }
+
+    /// Stores a snapshot of a stream, replacing an older one (a snapshot
+    /// older than the stored one is ignored). Stores without snapshots
+    /// ignore it.
+    fn save_snapshot(
+        &self,
+        stream_id: &StreamId,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (stream_id, snapshot);
+        async { Ok(()) }
+    }
+
+    /// Streams one stream's events from `from_version` to its current end,
+    /// a page at a time, without holding the whole stream in memory.
+    fn stream_events(&self, stream_id: &StreamId, from_version: u64) -> EventStream {
+        let store = self.clone();
+        let stream_id = stream_id.clone();
+        paged(from_version.max(1), move |from| {
+            let store = store.clone();
+            let stream_id = stream_id.clone();
+            async move {
+                let page = store.read_stream(&stream_id, from, READ_PAGE).await?;
+                let next = page.last().map(|e| e.stream_version + 1);
+                Ok((page, next))
+            }
+        })
+    }
+
+    /// Streams the global log from `from_position` to its current head, a
+    /// page at a time (unlike [`EventStore::subscribe`], it then ends).
+    fn log_events(&self, from_position: u64) -> EventStream {
+        let store = self.clone();
+        paged(from_position, move |from| {
+            let store = store.clone();
+            async move {
+                let page = store.read_all(from, READ_PAGE).await?;
+                let next = page.last().map(|e| e.global_position + 1);
+                Ok((page, next))
+            }
+        })
+    }
+}
+
+/// Pages through reads until one returns fewer than a full page.
+fn paged<F, Fut>(from: u64, read: F) -> EventStream
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(Vec<RecordedEvent>, Option<u64>), StoreError>> + Send + 'static,
+{
+    futures::stream::unfold(Some(from), move |cursor| {
+        let page = cursor.map(&read);
+        async move {
+            let (events, next) = match page?.await {
+                Ok(page) => page,
+                Err(e) => return Some((futures::stream::iter(vec![Err(e)]), None)),
+            };
+            let next = if events.len() < READ_PAGE { None } else { next };
+            let done = events.is_empty();
+            let items = futures::stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>());
+            if done {
+                None
+            } else {
+                Some((items, next))
+            }
+        }
+    })
+    .flatten()
+    .boxed()
+}

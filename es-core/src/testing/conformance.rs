@@ -1,0 +1,1053 @@
+//! The store conformance suite: one test per clause of the log's contract,
+//! written once and run against every store — ours and any a user writes.
+//!
+//! Run it from a test file of the store's crate with [`conformance_suite!`],
+//! giving a function that makes a fresh, empty store for each test (its own
+//! database or schema for a durable store, so tests run in parallel):
+//!
+//! ```text
+//! es_core::conformance_suite!(|| async { es_memory::MemoryStore::new() });
+//! ```
+//!
+//! Each clause is also a public async function, to run by hand.
+//!
+//! [`conformance_suite!`]: crate::conformance_suite
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event::{NewEvent, Payload, RecordedEvent};
+use crate::metadata::Metadata;
+use crate::store::{EventStore, Snapshot, StreamAppend};
+use crate::version::{ExpectedVersion, StreamId};
+
+/// How many tasks the concurrency clauses run at once.
+pub const CONCURRENT_TASKS: usize = 8;
+
+/// How long a clause waits for a subscription before it fails.
+const SUBSCRIPTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Generates one `#[test]` per clause of the store contract.
+///
+/// The argument is a closure returning a future of a fresh, empty store.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@clauses $factory;
+            append_assigns_contiguous_versions_from_one,
+            recorded_events_keep_every_field,
+            expected_version_any,
+            expected_version_no_stream,
+            expected_version_stream_exists,
+            expected_version_exact,
+            failed_append_writes_nothing,
+            empty_append_checks_expectation_and_writes_nothing,
+            retried_append_stores_nothing_twice,
+            reused_event_id_with_other_content_is_refused,
+            repeated_event_id_within_one_append_is_refused,
+            read_stream_pages_from_a_version,
+            read_all_pages_in_one_stable_order,
+            stream_ids_are_stored_literally,
+            concurrent_appends_to_one_stream_lose_nothing,
+            concurrent_appends_to_distinct_streams_lose_nothing,
+            concurrent_retries_of_one_append_store_it_once,
+            subscription_catches_up_then_follows_live_writers,
+            subscription_starts_at_the_given_position,
+            subscription_on_empty_log_waits_for_the_first_event,
+            atomic_append_across_streams_stores_all_or_nothing,
+            atomic_append_refuses_a_stream_twice,
+            atomic_append_retried_stores_nothing_twice,
+            concurrent_atomic_transfers_are_never_half_stored,
+            snapshots_keep_the_latest,
+            streamed_reads_page_through_everything,
+        );
+    };
+    (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $clause() {
+                $crate::testing::conformance::run($factory, $crate::testing::conformance::$clause);
+            }
+        )*
+    };
+}
+
+/// Runs one clause on a fresh store from `factory`, on a multi-threaded
+/// runtime (so concurrent clauses really run in parallel).
+pub fn run<S, F, Fut, C, CFut>(factory: F, clause: C)
+where
+    S: EventStore,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = S>,
+    C: FnOnce(S) -> CFut,
+    CFut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("the conformance suite needs a tokio runtime");
+    runtime.block_on(async move {
+        let store = factory().await;
+        clause(store).await;
+    });
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::raw(
+        "Tested",
+        1,
+        Payload::from_value(&serde_json::json!({ "n": n })),
+        Metadata::new(),
+    )
+}
+
+fn events(range: std::ops::Range<u64>) -> Vec<NewEvent> {
+    range.map(event).collect()
+}
+
+fn ids(events: &[RecordedEvent]) -> Vec<Uuid> {
+    events.iter().map(|e| e.event_id).collect()
+}
+
+fn new_ids(events: &[NewEvent]) -> Vec<Uuid> {
+    events.iter().map(|e| e.event_id).collect()
+}
+
+fn versions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.stream_version).collect()
+}
+
+async fn read_whole_stream<S: EventStore>(store: &S, stream: &StreamId) -> Vec<RecordedEvent> {
+    store
+        .read_stream(stream, 1, usize::MAX)
+        .await
+        .expect("read_stream")
+}
+
+async fn read_whole_log<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
+    store.read_all(1, usize::MAX).await.expect("read_all")
+}
+
+#[track_caller]
+fn assert_wrong_version(
+    result: Result<Vec<RecordedEvent>, StoreError>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    actual: u64,
+) {
+    match result {
+        Err(StoreError::WrongExpectedVersion {
+            stream_id,
+            expected: e,
+            actual: a,
+        }) => {
+            assert_eq!(&stream_id, stream, "the conflict names the stream");
+            assert_eq!(e, expected, "the conflict names the expected version");
+            assert_eq!(a, actual, "the conflict names the actual version");
+        }
+        other => {
+            panic!("expected WrongExpectedVersion({expected}, actual {actual}), got {other:?}")
+        }
+    }
+}
+
+/// Versions in a stream are 1, 2, 3, … in append order, across appends.
+pub async fn append_assigns_contiguous_versions_from_one<S: EventStore>(store: S) {
+    let stream = StreamId::from("account-1");
+    let first = events(0..3);
+    let recorded = store
+        .append(&stream, ExpectedVersion::NoStream, first.clone())
+        .await
+        .expect("first append");
+    assert_eq!(versions(&recorded), [1, 2, 3]);
+    assert_eq!(ids(&recorded), new_ids(&first));
+    let second = events(3..5);
+    let recorded = store
+        .append(&stream, ExpectedVersion::Exact(3), second.clone())
+        .await
+        .expect("second append");
+    assert_eq!(versions(&recorded), [4, 5]);
+    let stored = read_whole_stream(&store, &stream).await;
+    assert_eq!(versions(&stored), [1, 2, 3, 4, 5]);
+    assert_eq!(ids(&stored), [new_ids(&first), new_ids(&second)].concat());
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .stream_version(&StreamId::from("account-2"))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// Every field of an appended event reads back unchanged, from the stream
+/// and from the global log, and the store stamps a recording time.
+pub async fn recorded_events_keep_every_field<S: EventStore>(store: S) {
+    let stream = StreamId::from("order-ü-1");
+    let metadata = Metadata::new()
+        .with_correlation_id(Uuid::now_v7())
+        .with_causation_id(Uuid::now_v7())
+        .with("actor", "alice")
+        .with(
+            "nested",
+            serde_json::json!({ "tenant": 7, "tags": ["a", "b"] }),
+        );
+    let payload = Payload::from_value(&serde_json::json!({
+        "text": "naïve \"quoted\" 'single' \\ back\nslash ✓",
+        "big": u64::MAX,
+        "neg": -1.5,
+        "list": [1, null, true],
+    }));
+    let new = NewEvent::raw("OrderPlaced", 3, payload.clone(), metadata.clone());
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let recorded = store
+        .append(&stream, ExpectedVersion::Any, vec![new.clone()])
+        .await
+        .expect("append");
+    let after = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let from_stream = read_whole_stream(&store, &stream).await;
+    let from_log = read_whole_log(&store).await;
+    assert_eq!(from_stream.len(), 1);
+    assert_eq!(
+        from_log, from_stream,
+        "the stream and the log hold the same event"
+    );
+    let stored = &from_stream[0];
+    // A store may normalise the JSON text (key order, spacing): compare the
+    // payload as JSON and everything else exactly.
+    let returned = recorded[0].with_data(recorded[0].data.to_value());
+    assert_eq!(
+        stored.with_data(stored.data.to_value()),
+        returned,
+        "append returns the event as stored"
+    );
+    assert_eq!(stored.event_id, new.event_id);
+    assert_eq!(stored.stream_id, stream);
+    assert_eq!(stored.stream_version, 1);
+    assert!(stored.global_position >= 1);
+    assert_eq!(stored.event_type, "OrderPlaced");
+    assert_eq!(stored.schema_version, 3);
+    assert_eq!(stored.data.to_value(), payload.to_value());
+    assert_eq!(stored.metadata.correlation_id, metadata.correlation_id);
+    assert_eq!(stored.metadata.causation_id, metadata.causation_id);
+    assert_eq!(stored.metadata.extra, metadata.extra);
+    let drift = (stored.metadata.timestamp - metadata.timestamp).num_microseconds();
+    assert!(
+        drift.is_some_and(|us| us.abs() <= 1),
+        "the metadata timestamp keeps at least microsecond precision"
+    );
+    assert!(
+        stored.recorded_at >= before && stored.recorded_at <= after,
+        "recorded_at {} is the time of the append",
+        stored.recorded_at
+    );
+}
+
+/// `Any` appends to a new and to an existing stream.
+pub async fn expected_version_any<S: EventStore>(store: S) {
+    let stream = StreamId::from("any-1");
+    let r = store
+        .append(&stream, ExpectedVersion::Any, events(0..1))
+        .await
+        .unwrap();
+    assert_eq!(versions(&r), [1]);
+    let r = store
+        .append(&stream, ExpectedVersion::Any, events(1..3))
+        .await
+        .unwrap();
+    assert_eq!(versions(&r), [2, 3]);
+}
+
+/// `NoStream` appends to a new stream only; the refusal names the actual
+/// version and writes nothing.
+pub async fn expected_version_no_stream<S: EventStore>(store: S) {
+    let stream = StreamId::from("new-1");
+    store
+        .append(&stream, ExpectedVersion::NoStream, events(0..1))
+        .await
+        .unwrap();
+    let refused = store
+        .append(&stream, ExpectedVersion::NoStream, events(1..2))
+        .await;
+    assert_wrong_version(refused, &stream, ExpectedVersion::NoStream, 1);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
+}
+
+/// `StreamExists` appends to an existing stream only.
+pub async fn expected_version_stream_exists<S: EventStore>(store: S) {
+    let stream = StreamId::from("exists-1");
+    let refused = store
+        .append(&stream, ExpectedVersion::StreamExists, events(0..1))
+        .await;
+    assert_wrong_version(refused, &stream, ExpectedVersion::StreamExists, 0);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+    store
+        .append(&stream, ExpectedVersion::Any, events(0..1))
+        .await
+        .unwrap();
+    let r = store
+        .append(&stream, ExpectedVersion::StreamExists, events(1..2))
+        .await
+        .unwrap();
+    assert_eq!(versions(&r), [2]);
+}
+
+/// `Exact(n)` appends only at version n (0 = no stream yet).
+pub async fn expected_version_exact<S: EventStore>(store: S) {
+    let stream = StreamId::from("exact-1");
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(1), events(0..1))
+        .await;
+    assert_wrong_version(refused, &stream, ExpectedVersion::Exact(1), 0);
+    store
+        .append(&stream, ExpectedVersion::Exact(0), events(0..2))
+        .await
+        .expect("Exact(0) on a new stream");
+    for wrong in [0, 1, 3] {
+        let refused = store
+            .append(&stream, ExpectedVersion::Exact(wrong), events(2..3))
+            .await;
+        assert_wrong_version(refused, &stream, ExpectedVersion::Exact(wrong), 2);
+    }
+    let r = store
+        .append(&stream, ExpectedVersion::Exact(2), events(2..3))
+        .await
+        .unwrap();
+    assert_eq!(versions(&r), [3]);
+}
+
+/// A refused append writes none of its events: not in the stream, not in
+/// the log, and its event ids stay free.
+pub async fn failed_append_writes_nothing<S: EventStore>(store: S) {
+    let stream = StreamId::from("atomic-1");
+    store
+        .append(&stream, ExpectedVersion::Any, events(0..2))
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    let batch = events(2..7);
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(1), batch.clone())
+        .await;
+    assert_wrong_version(refused, &stream, ExpectedVersion::Exact(1), 2);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    assert_eq!(store.head_position().await.unwrap(), head);
+    assert_eq!(read_whole_log(&store).await.len(), 2);
+    let r = store
+        .append(&stream, ExpectedVersion::Exact(2), batch.clone())
+        .await
+        .expect("the refused events' ids are still free");
+    assert_eq!(versions(&r), [3, 4, 5, 6, 7]);
+    assert_eq!(ids(&r), new_ids(&batch));
+}
+
+/// Appending no events checks the expectation and writes nothing.
+pub async fn empty_append_checks_expectation_and_writes_nothing<S: EventStore>(store: S) {
+    let stream = StreamId::from("empty-1");
+    let r = store
+        .append(&stream, ExpectedVersion::NoStream, Vec::new())
+        .await
+        .unwrap();
+    assert!(r.is_empty());
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+    let refused = store
+        .append(&stream, ExpectedVersion::StreamExists, Vec::new())
+        .await;
+    assert_wrong_version(refused, &stream, ExpectedVersion::StreamExists, 0);
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+/// Re-sending an append (same ids, same content) stores nothing and
+/// returns the first result, even with a now stale expectation and after
+/// other events followed it.
+pub async fn retried_append_stores_nothing_twice<S: EventStore>(store: S) {
+    let stream = StreamId::from("retry-1");
+    let batch = events(0..3);
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .expect("a retry is not a conflict");
+    assert_eq!(again, first);
+    let later = store
+        .append(&stream, ExpectedVersion::Exact(3), events(3..4))
+        .await
+        .unwrap();
+    let third = store
+        .append(&stream, ExpectedVersion::Any, batch.clone())
+        .await
+        .expect("a late retry");
+    assert_eq!(third, first);
+    let changed = event(99).with_id(later[0].event_id);
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(4), vec![changed])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::DuplicateEventId { .. })),
+        "the same id with another payload is refused: {refused:?}"
+    );
+    let stored = read_whole_stream(&store, &stream).await;
+    assert_eq!(versions(&stored), [1, 2, 3, 4]);
+    assert_eq!(read_whole_log(&store).await.len(), 4);
+}
+
+/// A stored event id reused with other content, or in another stream, is
+/// refused, and nothing is written.
+pub async fn reused_event_id_with_other_content_is_refused<S: EventStore>(store: S) {
+    let stream = StreamId::from("dup-1");
+    let original = event(1);
+    store
+        .append(&stream, ExpectedVersion::Any, vec![original.clone()])
+        .await
+        .unwrap();
+    let changed = event(2).with_id(original.event_id);
+    let refused = store
+        .append(&stream, ExpectedVersion::Any, vec![changed])
+        .await;
+    match refused {
+        Err(StoreError::DuplicateEventId {
+            event_id,
+            stored_in,
+            stored_version,
+            ..
+        }) => {
+            assert_eq!(event_id, original.event_id);
+            assert_eq!(stored_in, stream);
+            assert_eq!(stored_version, 1);
+        }
+        other => panic!("expected DuplicateEventId, got {other:?}"),
+    }
+    let elsewhere = StreamId::from("dup-2");
+    let refused = store
+        .append(&elsewhere, ExpectedVersion::Any, vec![original.clone()])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::DuplicateEventId { .. })),
+        "the same id in another stream is refused: {refused:?}"
+    );
+    let mixed = vec![event(3), original.clone()];
+    let refused = store.append(&stream, ExpectedVersion::Any, mixed).await;
+    assert!(
+        matches!(refused, Err(StoreError::DuplicateEventId { .. })),
+        "new and stored ids in one append are refused: {refused:?}"
+    );
+    assert_eq!(read_whole_log(&store).await.len(), 1);
+    assert_eq!(store.stream_version(&elsewhere).await.unwrap(), 0);
+}
+
+/// One event id twice in one append is refused; nothing is written.
+pub async fn repeated_event_id_within_one_append_is_refused<S: EventStore>(store: S) {
+    let stream = StreamId::from("twice-1");
+    let e = event(1);
+    let refused = store
+        .append(&stream, ExpectedVersion::Any, vec![e.clone(), e])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidAppend { .. })),
+        "got {refused:?}"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+/// A stream reads from a version, with a limit; a missing stream or a
+/// version past the end reads as empty.
+pub async fn read_stream_pages_from_a_version<S: EventStore>(store: S) {
+    let stream = StreamId::from("paged-1");
+    store
+        .append(&stream, ExpectedVersion::Any, events(0..10))
+        .await
+        .unwrap();
+    store
+        .append(
+            &StreamId::from("paged-2"),
+            ExpectedVersion::Any,
+            events(0..3),
+        )
+        .await
+        .unwrap();
+    let page = store.read_stream(&stream, 4, 3).await.unwrap();
+    assert_eq!(versions(&page), [4, 5, 6]);
+    let tail = store.read_stream(&stream, 9, 100).await.unwrap();
+    assert_eq!(versions(&tail), [9, 10]);
+    assert!(store.read_stream(&stream, 11, 10).await.unwrap().is_empty());
+    assert!(store.read_stream(&stream, 1, 0).await.unwrap().is_empty());
+    assert_eq!(
+        versions(&store.read_stream(&stream, 0, 2).await.unwrap()),
+        [1, 2]
+    );
+    assert!(store
+        .read_stream(&StreamId::from("missing"), 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The global log reads in one order: positions increase, each stream's
+/// versions increase along it, pages join into the whole, and a second read
+/// gives the same order.
+pub async fn read_all_pages_in_one_stable_order<S: EventStore>(store: S) {
+    let streams: Vec<StreamId> = (0..3).map(|i| StreamId::new(format!("log-{i}"))).collect();
+    for round in 0..4u64 {
+        for stream in &streams {
+            store
+                .append(
+                    stream,
+                    ExpectedVersion::Any,
+                    events(round * 2..round * 2 + 2),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let whole = read_whole_log(&store).await;
+    assert_eq!(whole.len(), 24);
+    assert!(whole
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
+    let mut last_version: BTreeMap<StreamId, u64> = BTreeMap::new();
+    for e in &whole {
+        let last = last_version.entry(e.stream_id.clone()).or_insert(0);
+        assert_eq!(
+            e.stream_version,
+            *last + 1,
+            "stream versions follow the log order"
+        );
+        *last = e.stream_version;
+    }
+    let mut paged = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store.read_all(from, 5).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 5);
+        from = last.global_position + 1;
+        paged.extend(page);
+    }
+    assert_eq!(ids(&paged), ids(&whole), "pages join into the whole log");
+    assert_eq!(
+        ids(&read_whole_log(&store).await),
+        ids(&whole),
+        "the order never changes"
+    );
+    let from_middle = store.read_all(whole[10].global_position, 3).await.unwrap();
+    assert_eq!(ids(&from_middle), ids(&whole[10..13]));
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        whole.last().unwrap().global_position
+    );
+}
+
+/// Stream ids with quotes, unicode, whitespace and SQL fragments are stored
+/// and read back literally, and never match each other.
+pub async fn stream_ids_are_stored_literally<S: EventStore>(store: S) {
+    let names = [
+        "plain",
+        "it's \"quoted\"",
+        "ünïcødé-流-🦀",
+        "'; DROP TABLE events; --",
+        "a%",
+        "a_",
+        "a",
+        "back\\slash",
+        "line\nbreak\ttab",
+        " spaced ",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        store
+            .append(
+                &StreamId::from(*name),
+                ExpectedVersion::NoStream,
+                events(0..i as u64 + 1),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("append to {name:?}: {e}"));
+    }
+    for (i, name) in names.iter().enumerate() {
+        let stream = StreamId::from(*name);
+        let stored = read_whole_stream(&store, &stream).await;
+        assert_eq!(stored.len(), i + 1, "stream {name:?}");
+        assert!(stored.iter().all(|e| e.stream_id.as_str() == *name));
+        assert_eq!(store.stream_version(&stream).await.unwrap(), i as u64 + 1);
+    }
+}
+
+/// Many tasks appending to one stream with optimistic concurrency: every
+/// accepted event is stored once, versions are 1..=n with no gap.
+pub async fn concurrent_appends_to_one_stream_lose_nothing<S: EventStore>(store: S) {
+    const PER_TASK: u64 = 25;
+    let stream = StreamId::from("contended-1");
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENT_TASKS as u64 {
+        let store = store.clone();
+        let stream = stream.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut conflicts = 0u64;
+            for n in 0..PER_TASK {
+                let e = event(task * 1000 + n);
+                loop {
+                    let version = store.stream_version(&stream).await.unwrap();
+                    match store
+                        .append(&stream, ExpectedVersion::at(version), vec![e.clone()])
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::WrongExpectedVersion { .. }) => conflicts += 1,
+                        Err(other) => panic!("append failed: {other}"),
+                    }
+                }
+                mine.push(e.event_id);
+            }
+            (mine, conflicts)
+        }));
+    }
+    let mut accepted = HashSet::new();
+    for task in tasks {
+        let (mine, _conflicts) = task.await.expect("writer task");
+        accepted.extend(mine);
+    }
+    let stored = read_whole_stream(&store, &stream).await;
+    let total = CONCURRENT_TASKS as u64 * PER_TASK;
+    assert_eq!(versions(&stored), (1..=total).collect::<Vec<_>>());
+    let stored_ids: HashSet<Uuid> = stored.iter().map(|e| e.event_id).collect();
+    assert_eq!(stored_ids.len() as u64, total, "no event stored twice");
+    assert_eq!(stored_ids, accepted, "every accepted event is stored");
+}
+
+/// Many tasks appending to their own streams at once: all events stored,
+/// each stream contiguous, every global position distinct.
+pub async fn concurrent_appends_to_distinct_streams_lose_nothing<S: EventStore>(store: S) {
+    const APPENDS: u64 = 20;
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENT_TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = StreamId::new(format!("distinct-{task}"));
+            for n in 0..APPENDS {
+                store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(n * 2),
+                        events(n * 2..n * 2 + 2),
+                    )
+                    .await
+                    .expect("append to an own stream never conflicts");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let log = read_whole_log(&store).await;
+    assert_eq!(log.len(), CONCURRENT_TASKS * APPENDS as usize * 2);
+    let positions: HashSet<u64> = log.iter().map(|e| e.global_position).collect();
+    assert_eq!(positions.len(), log.len(), "global positions are distinct");
+    for task in 0..CONCURRENT_TASKS {
+        let stream = StreamId::new(format!("distinct-{task}"));
+        let stored = read_whole_stream(&store, &stream).await;
+        assert_eq!(versions(&stored), (1..=APPENDS * 2).collect::<Vec<_>>());
+    }
+}
+
+/// The same append re-sent by many tasks at once (a retry storm) is stored
+/// once, and every sender gets the same result.
+pub async fn concurrent_retries_of_one_append_store_it_once<S: EventStore>(store: S) {
+    let stream = StreamId::from("storm-1");
+    let batch = events(0..3);
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENT_TASKS {
+        let store = store.clone();
+        let stream = stream.clone();
+        let batch = batch.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(&stream, ExpectedVersion::NoStream, batch)
+                .await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(
+            task.await
+                .expect("sender task")
+                .expect("every sender succeeds"),
+        );
+    }
+    assert!(
+        results.windows(2).all(|w| w[0] == w[1]),
+        "every sender sees one result"
+    );
+    assert_eq!(
+        versions(&read_whole_stream(&store, &stream).await),
+        [1, 2, 3]
+    );
+    assert_eq!(read_whole_log(&store).await.len(), 3);
+}
+
+async fn collect<S: EventStore>(store: &S, from: u64, count: usize) -> Vec<RecordedEvent> {
+    let mut subscription = store.subscribe(from);
+    let mut received = Vec::with_capacity(count);
+    let result = tokio::time::timeout(SUBSCRIPTION_TIMEOUT, async {
+        while received.len() < count {
+            match subscription.next().await {
+                Some(Ok(e)) => received.push(e),
+                Some(Err(e)) => panic!("subscription failed: {e}"),
+                None => panic!("subscription ended after {} events", received.len()),
+            }
+        }
+    })
+    .await;
+    if result.is_err() {
+        panic!(
+            "subscription received {} of {count} events in {SUBSCRIPTION_TIMEOUT:?}",
+            received.len()
+        );
+    }
+    received
+}
+
+/// A subscription from the start delivers the stored events, then those
+/// that concurrent writers append: each exactly once, in log order.
+pub async fn subscription_catches_up_then_follows_live_writers<S: EventStore>(store: S) {
+    const BEFORE: u64 = 50;
+    const PER_TASK: u64 = 30;
+    store
+        .append(
+            &StreamId::from("before"),
+            ExpectedVersion::Any,
+            events(0..BEFORE),
+        )
+        .await
+        .unwrap();
+    let total = BEFORE as usize + CONCURRENT_TASKS * PER_TASK as usize;
+    let subscriber = {
+        let store = store.clone();
+        tokio::spawn(async move { collect(&store, 1, total).await })
+    };
+    let mut writers = Vec::new();
+    for task in 0..CONCURRENT_TASKS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let stream = StreamId::new(format!("live-{}", task % 3));
+            let mut n = 0;
+            while n < PER_TASK {
+                let size = (task as u64 % 3 + 1).min(PER_TASK - n);
+                store
+                    .append(&stream, ExpectedVersion::Any, events(n..n + size))
+                    .await
+                    .expect("append");
+                n += size;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let received = subscriber.await.expect("subscriber task");
+    let log = read_whole_log(&store).await;
+    assert_eq!(log.len(), total);
+    let unique: HashSet<Uuid> = received.iter().map(|e| e.event_id).collect();
+    assert_eq!(unique.len(), total, "no event delivered twice");
+    assert_eq!(
+        ids(&received),
+        ids(&log),
+        "delivered in log order, none skipped"
+    );
+    // Nothing more than the log: a further event arrives next, alone.
+    let mut subscription = store.subscribe(log.last().unwrap().global_position + 1);
+    let extra = store
+        .append(&StreamId::from("after"), ExpectedVersion::Any, events(0..1))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(SUBSCRIPTION_TIMEOUT, subscription.next())
+        .await
+        .expect("the live event arrives")
+        .expect("the subscription is open")
+        .expect("no error");
+    assert_eq!(next.event_id, extra[0].event_id);
+}
+
+/// A subscription from a position starts exactly there.
+pub async fn subscription_starts_at_the_given_position<S: EventStore>(store: S) {
+    store
+        .append(
+            &StreamId::from("start-1"),
+            ExpectedVersion::Any,
+            events(0..10),
+        )
+        .await
+        .unwrap();
+    let log = read_whole_log(&store).await;
+    let received = collect(&store, log[4].global_position, 6).await;
+    assert_eq!(ids(&received), ids(&log[4..]));
+}
+
+/// A subscription to an empty log waits, then delivers the first event.
+pub async fn subscription_on_empty_log_waits_for_the_first_event<S: EventStore>(store: S) {
+    let subscriber = {
+        let store = store.clone();
+        tokio::spawn(async move { collect(&store, 0, 2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let appended = store
+        .append(
+            &StreamId::from("first-1"),
+            ExpectedVersion::NoStream,
+            events(0..2),
+        )
+        .await
+        .unwrap();
+    let received = subscriber.await.expect("subscriber task");
+    assert_eq!(ids(&received), ids(&appended));
+}
+
+/// An append across several streams checks each stream's expectation and
+/// stores every event or none.
+pub async fn atomic_append_across_streams_stores_all_or_nothing<S: EventStore>(store: S) {
+    let a = StreamId::from("transfer-a");
+    let b = StreamId::from("transfer-b");
+    store
+        .append(&a, ExpectedVersion::Any, events(0..1))
+        .await
+        .unwrap();
+    let first = store
+        .append_atomic(vec![
+            StreamAppend::new(a.clone(), ExpectedVersion::Exact(1), events(1..3)),
+            StreamAppend::new(b.clone(), ExpectedVersion::NoStream, events(0..1)),
+        ])
+        .await
+        .expect("both expectations hold");
+    assert_eq!(first.len(), 2);
+    assert_eq!(versions(&first[0]), [2, 3]);
+    assert_eq!(versions(&first[1]), [1]);
+    assert!(first[0]
+        .iter()
+        .chain(&first[1])
+        .all(|e| e.global_position > 0));
+    let head = store.head_position().await.unwrap();
+    let refused = store
+        .append_atomic(vec![
+            StreamAppend::new(a.clone(), ExpectedVersion::Exact(3), events(3..4)),
+            StreamAppend::new(b.clone(), ExpectedVersion::Exact(5), events(1..2)),
+        ])
+        .await;
+    match refused {
+        Err(StoreError::WrongExpectedVersion {
+            stream_id,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(stream_id, b, "the refusal names the failing stream");
+            assert_eq!(expected, ExpectedVersion::Exact(5));
+            assert_eq!(actual, 1);
+        }
+        other => panic!("expected WrongExpectedVersion on {b}, got {other:?}"),
+    }
+    assert_eq!(
+        store.stream_version(&a).await.unwrap(),
+        3,
+        "nothing of the refused append is stored"
+    );
+    assert_eq!(store.stream_version(&b).await.unwrap(), 1);
+    assert_eq!(store.head_position().await.unwrap(), head);
+}
+
+/// One stream twice in one atomic append is refused.
+pub async fn atomic_append_refuses_a_stream_twice<S: EventStore>(store: S) {
+    let a = StreamId::from("twice-a");
+    let refused = store
+        .append_atomic(vec![
+            StreamAppend::new(a.clone(), ExpectedVersion::Any, events(0..1)),
+            StreamAppend::new(a.clone(), ExpectedVersion::Any, events(1..2)),
+        ])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidAppend { .. })),
+        "got {refused:?}"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+/// Re-sending an atomic append stores nothing twice and returns the first
+/// result.
+pub async fn atomic_append_retried_stores_nothing_twice<S: EventStore>(store: S) {
+    let appends = vec![
+        StreamAppend::new("retry-a", ExpectedVersion::NoStream, events(0..2)),
+        StreamAppend::new("retry-b", ExpectedVersion::NoStream, events(0..1)),
+    ];
+    let first = store.append_atomic(appends.clone()).await.unwrap();
+    let again = store
+        .append_atomic(appends)
+        .await
+        .expect("a retry is not a conflict");
+    assert_eq!(again, first);
+    assert_eq!(read_whole_log(&store).await.len(), 3);
+}
+
+/// Transfers between accounts from many tasks at once, each an atomic
+/// append to two streams with exact expectations: every accepted transfer
+/// is stored in both streams, none in one only, and versions stay
+/// contiguous.
+pub async fn concurrent_atomic_transfers_are_never_half_stored<S: EventStore>(store: S) {
+    const ACCOUNTS: usize = 4;
+    const PER_TASK: usize = 10;
+    let accounts: Vec<StreamId> = (0..ACCOUNTS)
+        .map(|i| StreamId::new(format!("acct-{i}")))
+        .collect();
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENT_TASKS {
+        let store = store.clone();
+        let accounts = accounts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for n in 0..PER_TASK {
+                // Opposite directions on purpose: lock ordering must not deadlock.
+                let (from, to) = if (task + n) % 2 == 0 {
+                    (task % ACCOUNTS, (task + 1) % ACCOUNTS)
+                } else {
+                    ((task + 1) % ACCOUNTS, task % ACCOUNTS)
+                };
+                let transfer = Uuid::now_v7();
+                let leg = |side: &str| {
+                    NewEvent::raw(
+                        "Transferred",
+                        1,
+                        Payload::from_value(
+                            &serde_json::json!({ "transfer": transfer, "side": side }),
+                        ),
+                        Metadata::new(),
+                    )
+                };
+                loop {
+                    let vf = store.stream_version(&accounts[from]).await.unwrap();
+                    let vt = store.stream_version(&accounts[to]).await.unwrap();
+                    let result = store
+                        .append_atomic(vec![
+                            StreamAppend::new(
+                                accounts[from].clone(),
+                                ExpectedVersion::at(vf),
+                                vec![leg("debit")],
+                            ),
+                            StreamAppend::new(
+                                accounts[to].clone(),
+                                ExpectedVersion::at(vt),
+                                vec![leg("credit")],
+                            ),
+                        ])
+                        .await;
+                    match result {
+                        Ok(_) => break,
+                        Err(e) if e.is_conflict() || e.is_transient() => {
+                            tokio::task::yield_now().await
+                        }
+                        Err(e) => panic!("transfer failed: {e}"),
+                    }
+                }
+                done.push(transfer);
+            }
+            done
+        }));
+    }
+    let mut transfers = Vec::new();
+    for task in tasks {
+        transfers.extend(task.await.expect("transfer task"));
+    }
+    let mut legs: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0;
+    for account in &accounts {
+        let stored = read_whole_stream(&store, account).await;
+        assert_eq!(
+            versions(&stored),
+            (1..=stored.len() as u64).collect::<Vec<_>>()
+        );
+        total += stored.len();
+        for e in stored {
+            *legs
+                .entry(e.data.to_value()["transfer"].to_string())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(total, transfers.len() * 2);
+    assert_eq!(legs.len(), transfers.len());
+    assert!(
+        legs.values().all(|&n| n == 2),
+        "every transfer has both legs"
+    );
+}
+
+/// A store keeps the latest snapshot of each stream; an older one never
+/// replaces a newer one.
+pub async fn snapshots_keep_the_latest<S: EventStore>(store: S) {
+    let stream = StreamId::from("snap-1");
+    assert_eq!(store.load_snapshot(&stream).await.unwrap(), None);
+    let snapshot = |version: u64| Snapshot {
+        version,
+        schema_version: 2,
+        state: Payload::from_value(&serde_json::json!({ "at": version })),
+        taken_at: chrono::Utc::now(),
+    };
+    store.save_snapshot(&stream, snapshot(5)).await.unwrap();
+    store.save_snapshot(&stream, snapshot(3)).await.unwrap();
+    let loaded = store
+        .load_snapshot(&stream)
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!((loaded.version, loaded.schema_version), (5, 2));
+    assert_eq!(loaded.state.to_value(), serde_json::json!({ "at": 5 }));
+    store.save_snapshot(&stream, snapshot(8)).await.unwrap();
+    assert_eq!(
+        store.load_snapshot(&stream).await.unwrap().unwrap().version,
+        8
+    );
+    assert_eq!(
+        store
+            .load_snapshot(&StreamId::from("snap-2"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// The streamed reads page through a stream and the log to their ends.
+pub async fn streamed_reads_page_through_everything<S: EventStore>(store: S) {
+    let stream = StreamId::from("long-1");
+    for chunk in 0..5u64 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                events(chunk * 500..(chunk + 1) * 500),
+            )
+            .await
+            .unwrap();
+    }
+    let streamed: Vec<RecordedEvent> = store
+        .stream_events(&stream, 1)
+        .map(|e| e.expect("read"))
+        .collect()
+        .await;
+    assert_eq!(versions(&streamed), (1..=2500).collect::<Vec<_>>());
+    let from_middle: Vec<RecordedEvent> = store
+        .stream_events(&stream, 2001)
+        .map(|e| e.expect("read"))
+        .collect()
+        .await;
+    assert_eq!(from_middle.len(), 500);
+    let log: Vec<RecordedEvent> = store
+        .log_events(0)
+        .map(|e| e.expect("read"))
+        .collect()
+        .await;
+    assert_eq!(ids(&log), ids(&streamed));
+}

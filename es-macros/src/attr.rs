@@ -1,0 +1,352 @@
+//! Parsing of the helper attributes `#[event(...)]`, `#[command(...)]` and
+//! `#[aggregate(...)]` into plain values, and of the `#[serde(...)]` keys
+//! the `Event` derive has to know about. A malformed key is recorded in
+//! [`Errors`] and parsing goes on with the next key, so one build reports
+//! every mistake in an attribute.
+
+use proc_macro2::TokenTree;
+use syn::meta::ParseNestedMeta;
+use syn::parse::ParseStream;
+use syn::{Attribute, Lit, LitInt, LitStr, Path, Token, Type};
+
+use crate::ctxt::Errors;
+
+/// Where an `#[event(...)]` attribute sits: each place allows other keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventPlace {
+    /// On an event enum: only `version`, which its variants inherit.
+    Enum,
+    /// On a variant of an event enum: `name` and `version`.
+    Variant,
+    /// On an event struct: `name` and `version`.
+    Struct,
+}
+
+/// The keys of the `#[event(...)]` attributes of one enum, variant or struct.
+#[derive(Default)]
+pub(crate) struct EventAttrs {
+    /// `name = "..."`: the stored event type name.
+    pub name: Option<LitStr>,
+    /// `version = N`: the schema version.
+    pub version: Option<Version>,
+}
+
+/// A `version = N` value, with its literal for error spans.
+pub(crate) struct Version {
+    pub value: u32,
+    pub lit: LitInt,
+}
+
+/// Reads the `#[event(...)]` attributes found at `place`.
+pub(crate) fn event_attrs(cx: &mut Errors, attrs: &[Attribute], place: EventPlace) -> EventAttrs {
+    let mut out = EventAttrs::default();
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident("event")) {
+        let _ = parse_keys(cx, attr, |meta| {
+            if meta.path.is_ident("version") {
+                let version = version_value(meta)?;
+                set_once(&mut out.version, version, meta, "event")
+            } else if meta.path.is_ident("name") {
+                let name = string_value(meta, r#"name = "account.opened""#)?;
+                if place == EventPlace::Enum {
+                    return Err(meta.error(
+                        "`name` goes on a variant, not on the enum: each variant is its own \
+                         event type, named with `#[event(name = \"...\")]`",
+                    ));
+                }
+                set_once(&mut out.name, name, meta, "event")
+            } else {
+                let expected = match place {
+                    EventPlace::Enum => "`version`",
+                    EventPlace::Variant | EventPlace::Struct => "`name` or `version`",
+                };
+                Err(unknown_key(meta, "event", expected))
+            }
+        });
+    }
+    out
+}
+
+/// Reports `#[<name>(...)]` attributes on fields, which take none.
+pub(crate) fn reject_on_field(cx: &mut Errors, attrs: &[Attribute], name: &str, goes_on: &str) {
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident(name)) {
+        cx.error_spanned_by(
+            attr,
+            format!("`#[{name}(...)]` goes on {goes_on}, not on a field"),
+        );
+    }
+}
+
+/// Where a `#[command(...)]` attribute sits: each place allows other keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommandPlace {
+    /// On a command enum: no keys.
+    Enum,
+    /// On a variant of a command enum, or on a command struct: `name`.
+    Variant,
+    /// On a field: `id`.
+    Field,
+}
+
+/// The keys of the `#[command(...)]` attributes of one enum, variant,
+/// struct or field.
+#[derive(Default)]
+pub(crate) struct CommandAttrs {
+    /// `name = "..."`: the command type name.
+    pub name: Option<LitStr>,
+    /// `id`: this field holds the aggregate id (the key, for error spans).
+    pub id: Option<Path>,
+    /// Whether a key was wrong (then a missing id is no news to report).
+    pub wrong: bool,
+}
+
+/// Reads the `#[command(...)]` attributes found at `place`.
+pub(crate) fn command_attrs(
+    cx: &mut Errors,
+    attrs: &[Attribute],
+    place: CommandPlace,
+) -> CommandAttrs {
+    let mut out = CommandAttrs::default();
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident("command")) {
+        out.wrong |= parse_keys(cx, attr, |meta| match place {
+            CommandPlace::Field if meta.path.is_ident("id") => {
+                // `id = true` still marks the field: one error is enough.
+                let value = flag(meta, "command");
+                set_once(&mut out.id, meta.path.clone(), meta, "command")?;
+                value
+            }
+            CommandPlace::Field => Err(unknown_key(meta, "command", "`id`")),
+            CommandPlace::Variant if meta.path.is_ident("name") => {
+                let name = string_value(meta, r#"name = "open_account""#)?;
+                set_once(&mut out.name, name, meta, "command")
+            }
+            CommandPlace::Variant if meta.path.is_ident("id") => {
+                Err(meta.error("`#[command(id)]` goes on the field that holds the aggregate id"))
+            }
+            CommandPlace::Variant => Err(unknown_key(meta, "command", "`name`")),
+            CommandPlace::Enum => Err(meta.error(
+                "`#[command(...)]` takes no keys on an enum: put `name = \"...\"` on a variant \
+                 and `id` on the field that holds the aggregate id",
+            )),
+        });
+    }
+    out
+}
+
+/// The keys of the `#[aggregate(...)]` attributes of a struct.
+#[derive(Default)]
+pub(crate) struct AggregateAttrs<'a> {
+    /// The first `#[aggregate(...)]` attribute, for error spans.
+    pub original: Option<&'a Attribute>,
+    /// `event = Type`.
+    pub event: Option<Type>,
+    /// `command = Type`.
+    pub command: Option<Type>,
+    /// `error = Type`.
+    pub error: Option<Type>,
+    /// `services = Type`.
+    pub services: Option<Type>,
+    /// `name = "..."`: the aggregate type name.
+    pub name: Option<LitStr>,
+    /// The keys given, well-formed or not: a key with a bad value is not
+    /// also reported missing.
+    pub given: Vec<String>,
+}
+
+/// Reads the `#[aggregate(...)]` attributes of a struct.
+pub(crate) fn aggregate_attrs<'a>(cx: &mut Errors, attrs: &'a [Attribute]) -> AggregateAttrs<'a> {
+    let mut out = AggregateAttrs::default();
+    for attr in attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("aggregate"))
+    {
+        out.original.get_or_insert(attr);
+        let _ = parse_keys(cx, attr, |meta| {
+            out.given.push(key_name(&meta.path));
+            let slot = if meta.path.is_ident("event") {
+                &mut out.event
+            } else if meta.path.is_ident("command") {
+                &mut out.command
+            } else if meta.path.is_ident("error") {
+                &mut out.error
+            } else if meta.path.is_ident("services") {
+                &mut out.services
+            } else if meta.path.is_ident("name") {
+                let name = string_value(meta, r#"name = "bank_account""#)?;
+                return set_once(&mut out.name, name, meta, "aggregate");
+            } else {
+                return Err(unknown_key(
+                    meta,
+                    "aggregate",
+                    "`event`, `command`, `error`, `services` or `name`",
+                ));
+            };
+            let ty = type_value(meta)?;
+            set_once(slot, ty, meta, "aggregate")
+        });
+    }
+    out
+}
+
+/// The keys of the `#[serde(...)]` attributes in `attrs`, such as `rename`
+/// or `tag`. Values are skipped, and so are malformed attributes: serde's
+/// own derive reports those.
+pub(crate) fn serde_keys(attrs: &[Attribute]) -> Vec<Path> {
+    let mut keys = Vec::new();
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            keys.push(meta.path.clone());
+            skip_rest(meta.input)
+        });
+    }
+    keys
+}
+
+/// Runs `key` on each `key` or `key = value` of `attr`, records its error
+/// if it fails, and goes on with the next key. Returns whether any key was
+/// wrong.
+fn parse_keys(
+    cx: &mut Errors,
+    attr: &Attribute,
+    mut key: impl FnMut(&ParseNestedMeta) -> syn::Result<()>,
+) -> bool {
+    let mut errors = Vec::new();
+    let parsed = attr.parse_nested_meta(|meta| {
+        match key(&meta) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                errors.push(error);
+                // The value may be partly read: go on at the next key.
+                skip_rest(meta.input)
+            }
+        }
+    });
+    let wrong = !errors.is_empty() || parsed.is_err();
+    for error in errors {
+        cx.push(error);
+    }
+    if let Err(error) = parsed {
+        cx.push(error);
+    }
+    wrong
+}
+
+/// Consumes the tokens up to the next `,` of an attribute's list.
+fn skip_rest(input: ParseStream) -> syn::Result<()> {
+    while !input.is_empty() && !input.peek(Token![,]) {
+        input.parse::<TokenTree>()?;
+    }
+    Ok(())
+}
+
+/// The key as written, for messages.
+fn key_name(path: &Path) -> String {
+    let segments: Vec<String> = path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    segments.join("::")
+}
+
+fn unknown_key(meta: &ParseNestedMeta, attr: &str, expected: &str) -> syn::Error {
+    let key = key_name(&meta.path);
+    syn::Error::new_spanned(
+        &meta.path,
+        format!("unknown key `{key}` in `#[{attr}(...)]`; expected {expected}"),
+    )
+}
+
+/// Stores a key's value, or reports the key as given twice.
+fn set_once<T>(
+    slot: &mut Option<T>,
+    value: T,
+    meta: &ParseNestedMeta,
+    attr: &str,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        let key = key_name(&meta.path);
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!("duplicate key `{key}` in `#[{attr}(...)]`"),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// A key that takes no value, like `id` in `#[command(id)]`.
+fn flag(meta: &ParseNestedMeta, attr: &str) -> syn::Result<()> {
+    if meta.input.is_empty() || meta.input.peek(Token![,]) {
+        return Ok(());
+    }
+    let key = key_name(&meta.path);
+    Err(meta.error(format!("`{key}` takes no value: write `#[{attr}({key})]`")))
+}
+
+/// Checks for the `=` of `key = value`; `example` shows the whole pair.
+fn expect_eq(meta: &ParseNestedMeta, example: &str) -> syn::Result<()> {
+    if meta.input.peek(Token![=]) {
+        Ok(())
+    } else {
+        Err(meta.error(format!("expected `{example}`")))
+    }
+}
+
+/// The value of `key = "..."`.
+fn string_value(meta: &ParseNestedMeta, example: &str) -> syn::Result<LitStr> {
+    expect_eq(meta, example)?;
+    let key = key_name(&meta.path);
+    let message = format!("expected a string literal for `{key}`, like `{example}`");
+    let input = meta.value()?;
+    if input.peek(Lit) {
+        match input.parse::<Lit>()? {
+            Lit::Str(lit) => Ok(lit),
+            other => Err(syn::Error::new_spanned(other, message)),
+        }
+    } else {
+        Err(input.error(message))
+    }
+}
+
+/// The value of `version = N`.
+fn version_value(meta: &ParseNestedMeta) -> syn::Result<Version> {
+    expect_eq(meta, "version = 2")?;
+    let message = "expected an integer literal for `version`, like `version = 2`";
+    let input = meta.value()?;
+    if input.peek(Lit) {
+        match input.parse::<Lit>()? {
+            Lit::Int(lit) => {
+                let value = lit.base10_parse::<u32>().map_err(|_| {
+                    syn::Error::new_spanned(&lit, "a schema version must fit in a `u32`")
+                })?;
+                Ok(Version { value, lit })
+            }
+            other => Err(syn::Error::new_spanned(other, message)),
+        }
+    } else {
+        Err(input.error(message))
+    }
+}
+
+/// The value of `key = Type`.
+fn type_value(meta: &ParseNestedMeta) -> syn::Result<Type> {
+    let key = key_name(&meta.path);
+    expect_eq(meta, &format!("{key} = Type"))?;
+    let input = meta.value()?;
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            &lit,
+            format!(
+                "`{key}` takes a type, not a string: write `{key} = {}`",
+                lit.value()
+            ),
+        ));
+    }
+    input.parse::<Type>().map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format!("expected a type for `{key}`, like `{key} = AccountEvent`"),
+        )
+    })
+}

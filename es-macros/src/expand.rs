@@ -1,0 +1,328 @@
+//! The generated impls. Each derive parses its input into the model
+//! (ast.rs), checks it (valid.rs) and, if nothing is wrong, emits one impl
+//! inside `const _: () = { ... };`, naming every item by absolute path
+//! through the framework's crate so that the user's own names cannot
+//! shadow ours.
+
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use proc_macro_crate::{crate_name, FoundCrate};
+use quote::quote;
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident};
+
+use crate::ast::{
+    ident_string, AggregateInput, CommandField, CommandInput, CommandShape, EventInput, EventShape,
+    Style,
+};
+use crate::ctxt::Errors;
+use crate::valid;
+
+/// The path of the crate that defines the traits, as the user's crate sees
+/// it: `es-core` if it depends on it (or is it), else the `es` facade.
+fn root() -> TokenStream {
+    for (package, itself) in [("es-core", "es_core"), ("es", "es")] {
+        match crate_name(package) {
+            // Both crates declare `extern crate self as <name>;`.
+            Ok(FoundCrate::Itself) => {
+                let ident = Ident::new(itself, Span::call_site());
+                return quote!(::#ident);
+            }
+            Ok(FoundCrate::Name(name)) => {
+                let ident = Ident::new(&name, Span::call_site());
+                return quote!(::#ident);
+            }
+            Err(_) => {}
+        }
+    }
+    quote!(::es_core)
+}
+
+/// `#[derive(Event)]`.
+pub(crate) fn derive_event(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let mut cx = Errors::default();
+    let model = EventInput::from_syn(&mut cx, input);
+    if let Some(model) = &model {
+        valid::event(&mut cx, model);
+    }
+    cx.finish()?;
+    Ok(model.map(|model| event(&model)).unwrap_or_default())
+}
+
+/// `#[derive(Command)]`.
+pub(crate) fn derive_command(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let mut cx = Errors::default();
+    let model = CommandInput::from_syn(&mut cx, input);
+    if let Some(model) = &model {
+        valid::command(&mut cx, model);
+    }
+    cx.finish()?;
+    Ok(model.map(|model| command(&model)).unwrap_or_default())
+}
+
+/// `#[derive(Aggregate)]`.
+pub(crate) fn derive_aggregate(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let mut cx = Errors::default();
+    let model = AggregateInput::from_syn(&mut cx, input);
+    if let Some(model) = &model {
+        valid::aggregate(&mut cx, model);
+    }
+    cx.finish()?;
+    Ok(model.map(|model| aggregate(&model)).unwrap_or_default())
+}
+
+fn event(input: &EventInput) -> TokenStream {
+    let root = root();
+    let private = quote!(#root::__private);
+    let ident = input.ident;
+    let str = quote!(::core::primitive::str);
+    let u32 = quote!(::core::primitive::u32);
+
+    // Per variant: the pattern that matches its values, its stored name, its
+    // version and the Rust variant name serde knows it by.
+    let (body, names) = match &input.shape {
+        EventShape::Enum(variants) => {
+            let inherited = input.version();
+            let patterns: Vec<TokenStream> = variants
+                .iter()
+                .map(|variant| pattern(variant.ident, variant.style))
+                .collect();
+            let names: Vec<String> = variants.iter().map(|v| v.event_type()).collect();
+            let versions: Vec<u32> = variants.iter().map(|v| v.version(inherited)).collect();
+            let serde_names: Vec<String> = variants.iter().map(|v| ident_string(v.ident)).collect();
+            let body = quote! {
+                fn event_type(&self) -> &'static #str {
+                    match self {
+                        #(#patterns => #names,)*
+                    }
+                }
+
+                fn schema_version(&self) -> #u32 {
+                    match self {
+                        #(#patterns => #versions,)*
+                    }
+                }
+
+                fn encode(&self) -> #private::Result<#root::Payload, #root::EncodeError> {
+                    #private::encode_variant(self)
+                }
+
+                fn decode(
+                    event_type: &#str,
+                    schema_version: #u32,
+                    payload: &#root::Payload,
+                ) -> #private::Result<Self, #root::DecodeErrorKind> {
+                    let (__variant, __current): (&'static #str, #u32) = match event_type {
+                        #(#names => (#serde_names, #versions),)*
+                        _ => {
+                            return #private::Result::Err(
+                                #root::DecodeErrorKind::unknown_event_type(
+                                    <Self as #root::Event>::EVENT_TYPES,
+                                ),
+                            );
+                        }
+                    };
+                    if schema_version != __current {
+                        return #private::Result::Err(
+                            #root::DecodeErrorKind::UnsupportedSchemaVersion {
+                                found: schema_version,
+                                current: __current,
+                            },
+                        );
+                    }
+                    #private::decode_variant(__variant, payload)
+                }
+            };
+            (body, names)
+        }
+        EventShape::Struct => {
+            let name = input.event_type();
+            let version = input.version();
+            let body = quote! {
+                fn event_type(&self) -> &'static #str {
+                    #name
+                }
+
+                fn schema_version(&self) -> #u32 {
+                    #version
+                }
+
+                fn encode(&self) -> #private::Result<#root::Payload, #root::EncodeError> {
+                    #private::encode_struct(self)
+                }
+
+                fn decode(
+                    event_type: &#str,
+                    schema_version: #u32,
+                    payload: &#root::Payload,
+                ) -> #private::Result<Self, #root::DecodeErrorKind> {
+                    if event_type != #name {
+                        return #private::Result::Err(
+                            #root::DecodeErrorKind::unknown_event_type(
+                                <Self as #root::Event>::EVENT_TYPES,
+                            ),
+                        );
+                    }
+                    if schema_version != #version {
+                        return #private::Result::Err(
+                            #root::DecodeErrorKind::UnsupportedSchemaVersion {
+                                found: schema_version,
+                                current: #version,
+                            },
+                        );
+                    }
+                    #private::decode_struct(payload)
+                }
+            };
+            (body, vec![name])
+        }
+    };
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #root::Event for #ident {
+                const EVENT_TYPES: &'static [&'static #str] = &[#(#names),*];
+
+                #body
+            }
+        };
+    }
+}
+
+/// The pattern that matches any value of a variant.
+fn pattern(variant: &Ident, style: Style) -> TokenStream {
+    match style {
+        Style::Unit => quote!(Self::#variant),
+        Style::Tuple => quote!(Self::#variant(..)),
+        Style::Struct => quote!(Self::#variant { .. }),
+    }
+}
+
+fn command(input: &CommandInput) -> TokenStream {
+    let root = root();
+    let private = quote!(#root::__private);
+    let ident = input.ident;
+    let str = quote!(::core::primitive::str);
+
+    // The id's `to_string` call, spanned at the field's type so that a type
+    // without `Display` is reported there rather than at the derive.
+    let to_string = |field: &CommandField, value: TokenStream| {
+        let span = Span::call_site().located_at(field.ty.span());
+        respan(quote!(#private::ToString::to_string(#value)), span)
+    };
+
+    // valid.rs has made sure that every variant has its id field.
+    let (aggregate_id, command_type) = match &input.shape {
+        CommandShape::Struct(body) => {
+            let id = body.id_field().map(|field| {
+                let member = &field.member;
+                to_string(field, quote!(&self.#member))
+            });
+            let name = body.command_type();
+            (quote!(#id), quote!(#name))
+        }
+        CommandShape::Enum(variants) => {
+            let id_arms = variants.iter().filter_map(|variant| {
+                let field = variant.id_field()?;
+                let (name, member) = (variant.ident, &field.member);
+                let id = to_string(field, quote!(__id));
+                Some(quote!(Self::#name { #member: __id, .. } => #id,))
+            });
+            let type_arms = variants.iter().map(|variant| {
+                let pattern = pattern(variant.ident, variant.style);
+                let name = variant.command_type();
+                quote!(#pattern => #name,)
+            });
+            (
+                quote!(match self { #(#id_arms)* }),
+                quote!(match self { #(#type_arms)* }),
+            )
+        }
+    };
+
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #root::Command for #ident {
+                fn aggregate_id(&self) -> #private::String {
+                    #aggregate_id
+                }
+
+                fn command_type(&self) -> &'static #str {
+                    #command_type
+                }
+            }
+        };
+    }
+}
+
+fn aggregate(input: &AggregateInput) -> TokenStream {
+    let root = root();
+    let private = quote!(#root::__private);
+    let ident = input.ident;
+    let attrs = &input.attrs;
+    let (Some(event), Some(command), Some(error)) = (&attrs.event, &attrs.command, &attrs.error)
+    else {
+        unreachable!("valid.rs reports a missing `event`, `command` or `error`")
+    };
+    let name = input.type_name();
+    let this = quote!(<Self as #root::Aggregate>);
+
+    let (services, decide) = match &attrs.services {
+        Some(services) => (
+            quote!(#services),
+            quote!(#ident::handle(self, command, services)),
+        ),
+        None => (
+            quote!(()),
+            quote! {
+                let _ = services;
+                #private::ready(#ident::handle(self, command))
+            },
+        ),
+    };
+
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #root::Aggregate for #ident {
+                const TYPE: &'static ::core::primitive::str = #name;
+                type Event = #event;
+                type Command = #command;
+                type Error = #error;
+                type Services = #services;
+
+                fn decide<'a>(
+                    &'a self,
+                    command: #this::Command,
+                    services: &'a #this::Services,
+                ) -> impl #private::Future<
+                    Output = #private::Result<#private::Vec<#this::Event>, #this::Error>,
+                > + ::core::marker::Send + 'a {
+                    #decide
+                }
+
+                fn evolve(&mut self, event: &#this::Event) {
+                    #ident::apply(self, event)
+                }
+            }
+        };
+    }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut group = Group::new(group.delimiter(), respan(group.stream(), span));
+                group.set_span(span);
+                TokenTree::Group(group)
+            }
+            mut token => {
+                token.set_span(span);
+                token
+            }
+        })
+        .collect()
+}

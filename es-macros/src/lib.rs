@@ -1,0 +1,176 @@
+//! Derive macros for the `es` event-sourcing framework: `Event`, `Command`
+//! and `Aggregate`. Use them through `es` (or `es-core`), which re-exports
+//! them beside the traits they implement; the generated code names those
+//! traits through that crate, so a user needs no other dependency.
+//!
+//! Each derive parses its input into a model (`ast`, `attr`), checks it
+//! (`valid`) and emits the impl (`expand`). Every mistake in an input is
+//! reported in the same build, each at the token that causes it.
+
+#![warn(missing_docs)]
+
+mod ast;
+mod attr;
+mod ctxt;
+mod expand;
+mod valid;
+
+use proc_macro::TokenStream;
+use syn::{parse_macro_input, DeriveInput};
+
+/// Derives `es::Event` for an enum (one stored event type per variant) or a
+/// struct (one event type).
+///
+/// The type must also derive serde's `Serialize` and `Deserialize`. A
+/// variant's payload holds only its fields: a struct variant is stored as a
+/// JSON object (`{"amount":5}`), a newtype variant as its value, a tuple
+/// variant as an array and a unit variant as `null`.
+///
+/// | attribute | on | meaning | default |
+/// |---|---|---|---|
+/// | `#[event(version = N)]` | the enum | the schema version of its variants, `N >= 1` | `1` |
+/// | `#[event(name = "...")]` | a variant, or the struct | the stored event type name | the variant's (or struct's) name |
+/// | `#[event(version = N)]` | a variant, or the struct | the schema version, `N >= 1` | the enum's version, else `1` |
+///
+/// `decode` reads the current schema version of each type only: another
+/// stored version is `DecodeErrorKind::UnsupportedSchemaVersion`, and a
+/// type name none of the variants has is `DecodeErrorKind::UnknownEventType`.
+///
+/// The derive rejects generic types, unions, empty enums, two variants with
+/// the same stored name, and the serde attributes that would change how
+/// serde names or lays out the variants, which decoding relies on:
+/// `#[serde(tag, content, untagged, rename_all)]` on the enum and
+/// `#[serde(rename, alias, skip, skip_serializing, skip_deserializing,
+/// other, untagged)]` on a variant. Name stored types with
+/// `#[event(name = "...")]` instead.
+///
+/// ```text
+/// use es::Event;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize, Event)]
+/// #[event(version = 2)]
+/// enum AccountEvent {
+///     #[event(name = "account.opened")]
+///     Opened { owner: String },
+///     #[event(version = 3)]
+///     Deposited { amount: u64 },
+///     Closed,
+/// }
+///
+/// assert_eq!(AccountEvent::EVENT_TYPES, ["account.opened", "Deposited", "Closed"]);
+/// let event = AccountEvent::Deposited { amount: 5 };
+/// assert_eq!(event.schema_version(), 3);
+/// assert_eq!(event.encode().unwrap().as_str(), r#"{"amount":5}"#);
+/// ```
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive_event(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `es::Command` for an enum (one command type per variant) or a
+/// struct (one command type).
+///
+/// Each variant (or the struct) names the aggregate instance it targets
+/// with exactly one field: the field marked `#[command(id)]`, else the
+/// field called `id`. `aggregate_id()` is that field's `Display` text, so
+/// its type must implement `Display`. A tuple variant marks its id field.
+///
+/// | attribute | on | meaning | default |
+/// |---|---|---|---|
+/// | `#[command(id)]` | a field | this field holds the aggregate id | the field named `id` |
+/// | `#[command(name = "...")]` | a variant, or the struct | the command type name (`command_type()`) | the variant's (or struct's) name |
+///
+/// The derive rejects generic types, unions, empty enums, unit variants, a
+/// variant without an id field and a variant with two `#[command(id)]`
+/// fields.
+///
+/// ```text
+/// use es::Command;
+///
+/// #[derive(Clone, Command)]
+/// enum AccountCommand {
+///     Open { id: String, owner: String },
+///     #[command(name = "deposit")]
+///     Deposit { #[command(id)] account: u64, amount: u64 },
+///     Close(#[command(id)] String),
+/// }
+///
+/// let command = AccountCommand::Deposit { account: 7, amount: 10 };
+/// assert_eq!(command.aggregate_id(), "7");
+/// assert_eq!(command.command_type(), "deposit");
+/// ```
+#[proc_macro_derive(Command, attributes(command))]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive_command(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `es::Aggregate` for a struct: the aggregate's state.
+///
+/// The struct must implement `Default` (the state before any event) and
+/// have two inherent methods, which the impl calls:
+///
+/// ```text
+/// fn apply(&mut self, event: &Event)
+/// fn handle(&self, command: Command) -> Result<Vec<Event>, Error>                          // without `services`
+/// async fn handle(&self, command: Command, services: &Services) -> Result<Vec<Event>, Error> // with `services`
+/// ```
+///
+/// | attribute key | meaning | required |
+/// |---|---|---|
+/// | `#[aggregate(event = Type)]` | the event type (`Aggregate::Event`) | yes |
+/// | `#[aggregate(command = Type)]` | the command type (`Aggregate::Command`) | yes |
+/// | `#[aggregate(error = Type)]` | the domain error type (`Aggregate::Error`) | yes |
+/// | `#[aggregate(services = Type)]` | what `handle` may consult; then `handle` is `async` and takes `&Type` | no: `()` |
+/// | `#[aggregate(name = "...")]` | the aggregate type name (`Aggregate::TYPE`), prefix of its streams | no: the struct's name in snake case (`BankAccount` is `"bank_account"`) |
+///
+/// The keys may share one attribute or be spread over several. The derive
+/// rejects enums, unions, generic types, a missing required key, a key
+/// given twice and an empty name.
+///
+/// ```text
+/// use es::Aggregate;
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, es::Event)]
+/// # enum AccountEvent { Opened { owner: String } }
+/// # #[derive(Clone, es::Command)]
+/// # enum AccountCommand { Open { id: String, owner: String } }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("already open")]
+/// # struct AlreadyOpen;
+///
+/// #[derive(Default, Aggregate)]
+/// #[aggregate(event = AccountEvent, command = AccountCommand, error = AlreadyOpen)]
+/// struct BankAccount {
+///     open: bool,
+/// }
+///
+/// impl BankAccount {
+///     fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AlreadyOpen> {
+///         match command {
+///             AccountCommand::Open { .. } if self.open => Err(AlreadyOpen),
+///             AccountCommand::Open { owner, .. } => Ok(vec![AccountEvent::Opened { owner }]),
+///         }
+///     }
+///
+///     fn apply(&mut self, event: &AccountEvent) {
+///         match event {
+///             AccountEvent::Opened { .. } => self.open = true,
+///         }
+///     }
+/// }
+///
+/// assert_eq!(BankAccount::TYPE, "bank_account");
+/// ```
+#[proc_macro_derive(Aggregate, attributes(aggregate))]
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive_aggregate(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

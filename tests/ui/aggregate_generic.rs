@@ -1,0 +1,9 @@
+use es::Aggregate;
+
+#[derive(Default, Aggregate)]
+#[aggregate(event = AccountEvent, command = AccountCommand, error = AccountError)]
+struct BankAccount<Balance> {
+    balance: Balance,
+}
+
+fn main() {}

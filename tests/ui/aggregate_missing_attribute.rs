@@ -1,0 +1,8 @@
+use es::Aggregate;
+
+#[derive(Default, Aggregate)]
+struct BankAccount {
+    balance: u64,
+}
+
+fn main() {}

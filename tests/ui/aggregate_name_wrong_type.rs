@@ -1,0 +1,9 @@
+use es::Aggregate;
+
+#[derive(Default, Aggregate)]
+#[aggregate(name = 5, event = AccountEvent, command = AccountCommand, error = AccountError)]
+struct BankAccount {
+    balance: u64,
+}
+
+fn main() {}

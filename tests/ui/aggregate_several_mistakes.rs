@@ -1,0 +1,10 @@
+// Every mistake is reported in one build, not only the first.
+use es::Aggregate;
+
+#[derive(Default, Aggregate)]
+#[aggregate(event = AccountEvent, sevices = Ledger, name = "")]
+struct BankAccount {
+    balance: u64,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use es::Aggregate;
+
+#[derive(Default, Aggregate)]
+#[aggregate(event = AccountEvent, command = AccountCommand, error = AccountError, state = u64)]
+struct BankAccount {
+    balance: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use es::Command;
+
+#[derive(Clone, Command)]
+enum AccountCommand {}
+
+fn main() {}

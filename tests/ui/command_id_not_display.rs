@@ -1,0 +1,11 @@
+use es::Command;
+
+#[derive(Clone)]
+struct AccountId(u64);
+
+#[derive(Clone, Command)]
+enum AccountCommand {
+    Deposit { id: AccountId, amount: u64 },
+}
+
+fn main() {}

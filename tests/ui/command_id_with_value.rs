@@ -1,0 +1,10 @@
+use es::Command;
+
+#[derive(Clone, Command)]
+struct Deposit {
+    #[command(id = true)]
+    account: String,
+    amount: u64,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use es::Command;
+
+#[derive(Clone, Command)]
+enum AccountCommand {
+    Open { id: String, owner: String },
+    Deposit { account: String, amount: u64 },
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use es::Command;
+
+#[derive(Clone, Copy, Command)]
+union AccountCommand {
+    open: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use es::Command;
+
+#[derive(Clone, Command)]
+struct CloseAccount(String, String);
+
+fn main() {}

@@ -1,0 +1,14 @@
+use es::Command;
+
+#[derive(Clone, Command)]
+enum AccountCommand {
+    Transfer {
+        #[command(id)]
+        from: String,
+        #[command(id)]
+        to: String,
+        amount: u64,
+    },
+}
+
+fn main() {}

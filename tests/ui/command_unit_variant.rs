@@ -1,0 +1,9 @@
+use es::Command;
+
+#[derive(Clone, Command)]
+enum AccountCommand {
+    Open { id: String },
+    CloseAll,
+}
+
+fn main() {}

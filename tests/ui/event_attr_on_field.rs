@@ -1,0 +1,12 @@
+use es::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+enum AccountEvent {
+    Opened {
+        #[event(name = "owner")]
+        owner: String,
+    },
+}
+
+fn main() {}

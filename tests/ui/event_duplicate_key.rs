@@ -1,0 +1,11 @@
+use es::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+enum AccountEvent {
+    #[event(version = 2)]
+    #[event(version = 3)]
+    Opened { owner: String },
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use es::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+enum AccountEvent {}
+
+fn main() {}

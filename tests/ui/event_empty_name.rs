@@ -1,0 +1,10 @@
+use es::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(name = "")]
+struct AccountOpened {
+    owner: String,
+}
+
+fn main() {}
