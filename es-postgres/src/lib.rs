@@ -1,0 +1,900 @@
+//! The production event store on PostgreSQL: atomic appends with expected
+//! versions (one round trip), idempotent retries, atomic appends across
+//! streams, a global order without gaps that live readers can follow,
+//! LISTEN/NOTIFY subscriptions that survive dropped connections, snapshots,
+//! and appends inside your own transaction.
+//!
+//! ```no_run
+//! use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, Payload, StreamId};
+//! use es_postgres::PgEventStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgEventStore::builder()
+//!     .schema("billing")
+//!     .connect("postgres://postgres@127.0.0.1:5432/test")
+//!     .await?;
+//! let event = NewEvent::raw("Opened", 1, Payload::from_json(r#"{"owner":"ada"}"#)?, Metadata::new());
+//! store.append(&StreamId::from("account-1"), ExpectedVersion::NoStream, vec![event]).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Schema
+//!
+//! Everything lives in one PostgreSQL schema (`es` unless configured), so
+//! several services can share a database. The store creates and upgrades it
+//! itself on connect: embedded, versioned migrations, recorded in
+//! `schema_migrations`, applied in a transaction under an advisory lock, so
+//! running them twice (or from two processes at once) is harmless.
+//!
+//! | table | columns | indexes and why |
+//! |---|---|---|
+//! | `streams` | `stream_id text`, `version bigint` | primary key on `stream_id`: an append locks its stream's row, so appends to one stream serialise there and appends to different streams never wait for each other |
+//! | `events` | `position bigint`, `event_id uuid`, `stream_id text`, `stream_version bigint`, `event_type text`, `schema_version int`, `payload jsonb`, `metadata jsonb`, `recorded_at timestamptz` | primary key on `position`: reads of the global log; unique `(stream_id, stream_version)`: reads of one stream, and no version can be stored twice; unique `event_id`: idempotent retries, an id is never stored twice |
+//! | `snapshots` | `stream_id text`, `version bigint`, `schema_version int`, `state jsonb`, `taken_at timestamptz` | primary key on `stream_id`: one latest snapshot per stream |
+//! | `schema_migrations` | `version int`, `description text`, `applied_at timestamptz` | primary key on `version` |
+//!
+//! Two functions complete it: `append_events(...)`, which appends one
+//! stream's events in one statement, and `readable_bound()`.
+//!
+//! # The global order, without gaps
+//!
+//! A sequence handed out at insert does not give readers a safe order:
+//! transactions commit in another order than they took their numbers, so a
+//! reader of `position > last_seen` skips an event that commits late. This
+//! store makes the position from the appending transaction's id instead:
+//! `position = xid8 << 20 | index`, the index counting the events of that
+//! transaction. Readers of the global log only read positions below
+//! `pg_snapshot_xmin(pg_current_snapshot()) << 20`: every transaction older
+//! than the oldest one still running has ended, so no event can ever appear
+//! below what a reader has passed, and the order never changes once read.
+//!
+//! What it costs: nothing on the write path (no lock, no extra statement
+//! beyond an index probe for the next index in the transaction), so writers
+//! never wait for each other across streams. Readers of the global log see
+//! an event once every older transaction of the cluster has ended: a
+//! transaction left open (in any database of the cluster, once it has
+//! written) stalls them — it never makes them skip — and
+//! [`PgEventStore::status`] names it. A rolled-back append just ends and
+//! stalls nobody. Positions increase but are not contiguous. One transaction
+//! may append at most 2^20 events.
+//!
+//! # Round trips
+//!
+//! - `append`: one (a single `SELECT append_events(...)` statement in its
+//!   own implicit transaction), plus a pool checkout.
+//! - `append_atomic` over n streams: n + 2 (`BEGIN`, one statement per
+//!   stream, `COMMIT`).
+//! - loading an aggregate: one per 1,024 events (`read_stream` pages), plus
+//!   one for the snapshot when snapshots are on.
+//! - `read_all` and `head_position`: one; a handle that has appended first
+//!   waits (polling `readable_bound()`, bounded) until its own events are
+//!   readable, so a writer reads its own writes.
+//!
+//! # Subscriptions
+//!
+//! [`EventStore::subscribe`] reads pages of the global log, then waits for a
+//! NOTIFY on the schema's channel (sent by every append at commit) or the
+//! poll interval, whichever is first. It holds at most one page per
+//! subscriber. When the server restarts or a connection drops, it
+//! reconnects with back-off and resumes from the position after the last
+//! event it delivered: nothing lost, nothing twice.
+
+#![warn(missing_docs)]
+
+mod setup;
+mod subscription;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use es_core::{
+    EventStore, EventStream, ExpectedVersion, Metadata, NewEvent, Payload, RecordedEvent, Snapshot,
+    StoreError, StreamAppend, StreamId,
+};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+pub use setup::SetupError;
+
+/// Re-exported so callers can name the connection types of
+/// [`PgEventStore::append_in`] without depending on sqlx themselves.
+pub use sqlx;
+
+/// The PostgreSQL event store. Clones share one pool.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    channel: String,
+    queries: Queries,
+    options: Options,
+    /// The highest position this handle appended, so its own reads of the
+    /// global log can wait until those events are readable.
+    last_appended: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Options {
+    poll_interval: Duration,
+    subscription_page: usize,
+    read_your_writes_timeout: Duration,
+}
+
+struct Queries {
+    append: String,
+    read_stream: String,
+    read_all: String,
+    readable_bound: String,
+    head_position: String,
+    stream_version: String,
+    load_snapshot: String,
+    save_snapshot: String,
+}
+
+impl Queries {
+    fn new(schema: &str) -> Self {
+        let s = format!("\"{schema}\"");
+        let columns = "e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
+                       e.schema_version, e.payload::text, e.metadata::text, e.recorded_at";
+        Queries {
+            append: format!(
+                "SELECT out_position, out_version, out_recorded_at \
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            read_stream: format!(
+                "SELECT {columns} FROM {s}.events e \
+                 WHERE e.stream_id = $1 AND e.stream_version >= $2 \
+                 ORDER BY e.stream_version LIMIT $3"
+            ),
+            read_all: format!(
+                "SELECT {columns} FROM {s}.events e \
+                 WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
+                 ORDER BY e.position LIMIT $2"
+            ),
+            readable_bound: format!("SELECT {s}.readable_bound()"),
+            head_position: format!(
+                "SELECT coalesce(max(e.position), 0) FROM {s}.events e \
+                 WHERE e.position < {s}.readable_bound()"
+            ),
+            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
+            load_snapshot: format!(
+                "SELECT version, schema_version, state::text, taken_at FROM {s}.snapshots \
+                 WHERE stream_id = $1"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots AS t (stream_id, version, schema_version, state, taken_at) \
+                 VALUES ($1, $2, $3, $4::jsonb, $5) \
+                 ON CONFLICT (stream_id) DO UPDATE \
+                 SET version = excluded.version, schema_version = excluded.schema_version, \
+                     state = excluded.state, taken_at = excluded.taken_at \
+                 WHERE t.version < excluded.version"
+            ),
+        }
+    }
+}
+
+/// Configures and connects a [`PgEventStore`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), es_postgres::SetupError> {
+/// use std::time::Duration;
+///
+/// let store = es_postgres::PgEventStore::builder()
+///     .schema("orders")
+///     .max_connections(16)
+///     .poll_interval(Duration::from_millis(250))
+///     .connect("postgres://postgres@127.0.0.1:5432/test")
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgEventStoreBuilder {
+    schema: String,
+    max_connections: u32,
+    poll_interval: Duration,
+    subscription_page: usize,
+    read_your_writes_timeout: Duration,
+}
+
+impl Default for PgEventStoreBuilder {
+    fn default() -> Self {
+        PgEventStoreBuilder {
+            schema: "es".into(),
+            max_connections: 10,
+            poll_interval: Duration::from_millis(500),
+            subscription_page: 512,
+            read_your_writes_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PgEventStoreBuilder {
+    /// The PostgreSQL schema that holds the store's tables (default `es`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The pool's size (default 10).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How often a waiting subscription polls when no NOTIFY arrives
+    /// (default 500 ms): the fallback when notifications are lost.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Events a subscription reads and holds at a time (default 512).
+    pub fn subscription_page(mut self, events: usize) -> Self {
+        self.subscription_page = events.max(1);
+        self
+    }
+
+    /// How long `read_all` waits for this handle's own appends to become
+    /// readable (default 5 s) before it returns what is readable.
+    pub fn read_your_writes_timeout(mut self, timeout: Duration) -> Self {
+        self.read_your_writes_timeout = timeout;
+        self
+    }
+
+    /// Connects a pool to `url`, creates or upgrades the schema, and returns
+    /// the store.
+    pub async fn connect(self, url: &str) -> Result<PgEventStore, SetupError> {
+        setup::check_schema_name(&self.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(SetupError::Connect)?;
+        self.with_pool(pool).await
+    }
+
+    /// Uses an existing pool (shared with the service's own queries), then
+    /// creates or upgrades the schema.
+    pub async fn with_pool(self, pool: PgPool) -> Result<PgEventStore, SetupError> {
+        setup::check_schema_name(&self.schema)?;
+        setup::migrate(&pool, &self.schema).await?;
+        Ok(PgEventStore {
+            inner: Arc::new(Inner {
+                channel: setup::channel(&self.schema),
+                queries: Queries::new(&self.schema),
+                schema: self.schema,
+                pool,
+                options: Options {
+                    poll_interval: self.poll_interval,
+                    subscription_page: self.subscription_page,
+                    read_your_writes_timeout: self.read_your_writes_timeout,
+                },
+                last_appended: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// Why the global log's readers wait, from [`PgEventStore::status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogStatus {
+    /// Readers of the global log can read every position below this.
+    pub readable_bound: u64,
+    /// The last position readers can read (0 when none).
+    pub readable_head: u64,
+    /// Events committed at or above the bound: stored, but not yet readable
+    /// because an older transaction is still running.
+    pub waiting_events: u64,
+    /// The oldest running transaction that has written (the one holding
+    /// readers back when `waiting_events > 0`).
+    pub oldest_transaction: Option<RunningTransaction>,
+}
+
+/// A running transaction, as `pg_stat_activity` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTransaction {
+    /// The backend's process id (`pg_terminate_backend(pid)` ends it).
+    pub pid: i32,
+    /// Its database.
+    pub database: Option<String>,
+    /// Its `application_name`.
+    pub application_name: Option<String>,
+    /// `active`, `idle in transaction`, …
+    pub state: Option<String>,
+    /// When its transaction started.
+    pub transaction_started: Option<DateTime<Utc>>,
+    /// The start of its latest statement.
+    pub query: Option<String>,
+}
+
+impl PgEventStore {
+    /// A builder with the defaults: schema `es`, 10 connections.
+    pub fn builder() -> PgEventStoreBuilder {
+        PgEventStoreBuilder::default()
+    }
+
+    /// Connects with the defaults.
+    pub async fn connect(url: &str) -> Result<Self, SetupError> {
+        Self::builder().connect(url).await
+    }
+
+    /// The pool, for the service's own queries and transactions.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Runs the migrations again (they are idempotent); `connect` already did.
+    pub async fn migrate(&self) -> Result<(), SetupError> {
+        setup::migrate(&self.inner.pool, &self.inner.schema).await
+    }
+
+    /// Appends inside the caller's transaction: the events and the caller's
+    /// own writes commit together or not at all. Versions and positions
+    /// are final when the caller commits; subscribers see the events then.
+    ///
+    /// ```no_run
+    /// # async fn run(store: es_postgres::PgEventStore, events: Vec<es_core::NewEvent>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use es_core::{ExpectedVersion, StreamId};
+    ///
+    /// let mut tx = store.pool().begin().await?;
+    /// sqlx::query("INSERT INTO outbox (note) VALUES ('sent')").execute(&mut *tx).await?;
+    /// store.append_in(&mut tx, &StreamId::from("order-7"), ExpectedVersion::Any, events).await?;
+    /// tx.commit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        check_batch(stream_id, &events)?;
+        self.append_on(conn, stream_id, expected, events).await
+    }
+
+    /// [`EventStore::append_atomic`] inside the caller's transaction.
+    pub async fn append_atomic_in(
+        &self,
+        conn: &mut PgConnection,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        check_atomic(&appends)?;
+        // Lock streams in one order everywhere, so two transfers in
+        // opposite directions cannot deadlock.
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by(|&a, &b| appends[a].stream_id.cmp(&appends[b].stream_id));
+        let mut results: Vec<Option<Vec<RecordedEvent>>> = vec![None; appends.len()];
+        let mut appends: Vec<Option<StreamAppend>> = appends.into_iter().map(Some).collect();
+        for i in order {
+            let Some(write) = appends[i].take() else {
+                continue;
+            };
+            let recorded = self
+                .append_on(&mut *conn, &write.stream_id, write.expected, write.events)
+                .await?;
+            results[i] = Some(recorded);
+        }
+        Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// What the global log's readers can read, and what holds them back.
+    pub async fn status(&self) -> Result<LogStatus, StoreError> {
+        let s = format!("\"{}\"", self.inner.schema);
+        let row = sqlx::query(&format!(
+            "SELECT b.bound, \
+                    (SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < b.bound), \
+                    (SELECT count(*) FROM {s}.events WHERE position >= b.bound) \
+             FROM (SELECT {s}.readable_bound() AS bound) b"
+        ))
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(unavailable_or_backend)?;
+        let oldest = sqlx::query(
+            "SELECT pid, datname::text, application_name, state, xact_start, left(query, 200) \
+             FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+             ORDER BY age(backend_xid) DESC LIMIT 1",
+        )
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(unavailable_or_backend)?;
+        let oldest_transaction = oldest
+            .map(|r| -> Result<RunningTransaction, sqlx::Error> {
+                Ok(RunningTransaction {
+                    pid: r.try_get(0)?,
+                    database: r.try_get(1)?,
+                    application_name: r.try_get(2)?,
+                    state: r.try_get(3)?,
+                    transaction_started: r.try_get(4)?,
+                    query: r.try_get(5)?,
+                })
+            })
+            .transpose()
+            .map_err(unavailable_or_backend)?;
+        Ok(LogStatus {
+            readable_bound: row.try_get::<i64, _>(0).map_err(unavailable_or_backend)? as u64,
+            readable_head: row.try_get::<i64, _>(1).map_err(unavailable_or_backend)? as u64,
+            waiting_events: row.try_get::<i64, _>(2).map_err(unavailable_or_backend)? as u64,
+            oldest_transaction,
+        })
+    }
+
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let args = AppendArgs::new(stream_id, expected, &events)?;
+        let rows = args
+            .query(&self.inner.queries.append)
+            .fetch_all(conn)
+            .await
+            .map_err(|e| append_error(e, stream_id, expected))?;
+        recorded_from_append(stream_id, events, rows)
+    }
+
+    async fn append_pooled(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        check_batch(stream_id, &events)?;
+        let args = AppendArgs::new(stream_id, expected, &events)?;
+        let mut attempt = 0;
+        let rows = loop {
+            attempt += 1;
+            match args
+                .query(&self.inner.queries.append)
+                .fetch_all(&self.inner.pool)
+                .await
+            {
+                // Another append stored one of these ids concurrently: run
+                // again, and the function tells a retry from a reuse.
+                Err(e) if attempt < 3 && is_unique_violation(&e, "events_event_id_key") => {}
+                other => break other.map_err(|e| append_error(e, stream_id, expected))?,
+            }
+        };
+        let recorded = recorded_from_append(stream_id, events, rows)?;
+        self.note_appended(&recorded);
+        Ok(recorded)
+    }
+
+    fn note_appended(&self, recorded: &[RecordedEvent]) {
+        if let Some(last) = recorded.iter().map(|e| e.global_position).max() {
+            self.inner.last_appended.fetch_max(last, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the readable part of the global log, without waiting.
+    pub(crate) async fn read_log(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&self.inner.queries.read_all)
+            .bind(to_i64(from_position))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        rows.iter().map(recorded_from_row).collect()
+    }
+
+    /// Waits until this handle's own appends are readable (bounded).
+    async fn await_own_writes(&self) -> Result<(), StoreError> {
+        let own = self.inner.last_appended.load(Ordering::Relaxed);
+        if own == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            let bound: i64 = sqlx::query_scalar(&self.inner.queries.readable_bound)
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(unavailable_or_backend)?;
+            if bound as u64 > own
+                || started.elapsed() >= self.inner.options.read_your_writes_timeout
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.append_pooled(stream_id, expected, events).await
+    }
+
+    async fn append_atomic(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        check_atomic(&appends)?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(unavailable_or_backend)?;
+        let results = self.append_atomic_in(&mut tx, appends).await?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        for recorded in &results {
+            self.note_appended(recorded);
+        }
+        Ok(results)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&self.inner.queries.read_stream)
+            .bind(stream_id.as_str())
+            .bind(to_i64(from_version))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        rows.iter().map(recorded_from_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.await_own_writes().await?;
+        self.read_log(from_position, limit).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(&self.inner.queries.stream_version)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.await_own_writes().await?;
+        let head: i64 = sqlx::query_scalar(&self.inner.queries.head_position)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        Ok(head as u64)
+    }
+
+    fn subscribe(&self, from_position: u64) -> EventStream {
+        subscription::subscribe(self.clone(), from_position)
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(&self.inner.queries.load_snapshot)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let corrupt = |e: sqlx::Error| StoreError::Corrupt {
+            stream_id: stream_id.clone(),
+            stream_version: 0,
+            reason: format!("unreadable snapshot row: {e}"),
+        };
+        let version: i64 = row.try_get(0).map_err(corrupt)?;
+        let schema_version: i32 = row.try_get(1).map_err(corrupt)?;
+        let state: String = row.try_get(2).map_err(corrupt)?;
+        Ok(Some(Snapshot {
+            version: version as u64,
+            schema_version: schema_version as u32,
+            state: Payload::from_json_unchecked(state),
+            taken_at: row.try_get(3).map_err(corrupt)?,
+        }))
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream_id: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.inner.queries.save_snapshot)
+            .bind(stream_id.as_str())
+            .bind(to_i64(snapshot.version))
+            .bind(snapshot.schema_version as i32)
+            .bind(snapshot.state.as_str())
+            .bind(snapshot.taken_at)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        Ok(())
+    }
+}
+
+/// The arguments of `append_events(...)`, as arrays.
+struct AppendArgs<'a> {
+    stream_id: &'a str,
+    kind: i16,
+    expected: i64,
+    ids: Vec<uuid::Uuid>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    payloads: Vec<&'a str>,
+    metadata: Vec<String>,
+}
+
+impl<'a> AppendArgs<'a> {
+    fn new(
+        stream_id: &'a StreamId,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> Result<Self, StoreError> {
+        let (kind, version) = match expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, to_i64(v)),
+        };
+        let invalid = |reason: String| StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason,
+        };
+        let mut args = AppendArgs {
+            stream_id: stream_id.as_str(),
+            kind,
+            expected: version,
+            ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        for e in events {
+            args.ids.push(e.event_id);
+            args.types.push(&e.event_type);
+            args.versions
+                .push(i32::try_from(e.schema_version).map_err(|_| {
+                    invalid(format!(
+                        "schema version {} is above {}",
+                        e.schema_version,
+                        i32::MAX
+                    ))
+                })?);
+            args.payloads.push(e.payload.as_str());
+            args.metadata.push(
+                serde_json::to_string(&e.metadata)
+                    .map_err(|err| invalid(format!("metadata does not serialize: {err}")))?,
+            );
+        }
+        Ok(args)
+    }
+
+    fn query<'q>(
+        &'q self,
+        sql: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql)
+            .bind(self.stream_id)
+            .bind(self.kind)
+            .bind(self.expected)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+    }
+}
+
+fn check_batch(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    if let Some(dup) = events.iter().find(|e| !seen.insert(e.event_id)) {
+        return Err(StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!("event id {} appears twice in one append", dup.event_id),
+        });
+    }
+    Ok(())
+}
+
+fn check_atomic(appends: &[StreamAppend]) -> Result<(), StoreError> {
+    let mut streams = std::collections::HashSet::with_capacity(appends.len());
+    let mut ids = std::collections::HashSet::new();
+    for write in appends {
+        if !streams.insert(&write.stream_id) {
+            return Err(StoreError::InvalidAppend {
+                stream_id: write.stream_id.clone(),
+                reason: "the stream appears twice in one atomic append".into(),
+            });
+        }
+        if let Some(dup) = write.events.iter().find(|e| !ids.insert(e.event_id)) {
+            return Err(StoreError::InvalidAppend {
+                stream_id: write.stream_id.clone(),
+                reason: format!("event id {} appears twice in one append", dup.event_id),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn recorded_from_append(
+    stream_id: &StreamId,
+    events: Vec<NewEvent>,
+    rows: Vec<PgRow>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    if rows.len() != events.len() {
+        return Err(StoreError::Backend(
+            format!(
+                "append_events returned {} rows for {} events",
+                rows.len(),
+                events.len()
+            )
+            .into(),
+        ));
+    }
+    events
+        .into_iter()
+        .zip(rows)
+        .map(|(e, row)| {
+            let position: i64 = row.try_get(0).map_err(unavailable_or_backend)?;
+            let version: i64 = row.try_get(1).map_err(unavailable_or_backend)?;
+            Ok(RecordedEvent {
+                event_id: e.event_id,
+                stream_id: stream_id.clone(),
+                stream_version: version as u64,
+                global_position: position as u64,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                data: e.payload,
+                metadata: e.metadata,
+                recorded_at: row.try_get(2).map_err(unavailable_or_backend)?,
+            })
+        })
+        .collect()
+}
+
+/// Reads one row of the events table; a row that cannot be read is a
+/// `Corrupt` error naming its stream and version.
+fn recorded_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let stream_id: String = row.try_get(2).map_err(unavailable_or_backend)?;
+    let stream_id = StreamId::from(stream_id);
+    let stream_version: i64 = row.try_get(3).map_err(unavailable_or_backend)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        stream_id: stream_id.clone(),
+        stream_version: stream_version as u64,
+        reason,
+    };
+    let position: i64 = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+    let schema_version: i32 = row.try_get(5).map_err(|e| corrupt(e.to_string()))?;
+    let payload: String = row.try_get(6).map_err(|e| corrupt(e.to_string()))?;
+    let metadata: String = row.try_get(7).map_err(|e| corrupt(e.to_string()))?;
+    let metadata: Metadata = serde_json::from_str(&metadata)
+        .map_err(|e| corrupt(format!("metadata does not decode: {e}")))?;
+    let event_type: String = row.try_get(4).map_err(|e| corrupt(e.to_string()))?;
+    Ok(RecordedEvent {
+        event_id: row.try_get(1).map_err(|e| corrupt(e.to_string()))?,
+        stream_version: stream_version as u64,
+        global_position: position as u64,
+        event_type: event_type.into(),
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| corrupt(format!("negative schema version {schema_version}")))?,
+        data: Payload::from_json_unchecked(payload),
+        metadata,
+        recorded_at: row.try_get(8).map_err(|e| corrupt(e.to_string()))?,
+        stream_id,
+    })
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint))
+}
+
+/// Maps an error of `append_events(...)` to the store's typed errors.
+fn append_error(error: sqlx::Error, stream_id: &StreamId, expected: ExpectedVersion) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        let detail = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|pg| pg.detail())
+            .unwrap_or_default()
+            .to_owned();
+        match db.code().as_deref() {
+            Some("ESWEV") => {
+                return StoreError::WrongExpectedVersion {
+                    stream_id: stream_id.clone(),
+                    expected,
+                    actual: detail.parse().unwrap_or(0),
+                }
+            }
+            Some("ESDUP") => {
+                let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
+                return StoreError::DuplicateEventId {
+                    event_id: d["event_id"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_default(),
+                    stored_in: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
+                    stored_version: d["stream_version"].as_u64().unwrap_or_default(),
+                    reason: d["reason"].as_str().unwrap_or_default().to_owned(),
+                };
+            }
+            Some("ESINV") => {
+                return StoreError::InvalidAppend {
+                    stream_id: stream_id.clone(),
+                    reason: db.message().to_owned(),
+                }
+            }
+            _ if is_unique_violation(&error, "events_event_id_key") => {
+                return StoreError::DuplicateEventId {
+                    event_id: uuid::Uuid::nil(),
+                    stored_in: stream_id.clone(),
+                    stored_version: 0,
+                    reason: "an event id of this append was stored concurrently".into(),
+                }
+            }
+            _ => {}
+        }
+    }
+    unavailable_or_backend(error)
+}
+
+/// Connection trouble is `Unavailable` (retry may succeed); the rest is
+/// `Backend`.
+pub(crate) fn unavailable_or_backend(error: sqlx::Error) -> StoreError {
+    let transient = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection exceptions, shutdown, terminated backend,
+            // serialization failure, deadlock
+            code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+        }),
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Backend(Box::new(error))
+    }
+}

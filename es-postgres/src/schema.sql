@@ -1,0 +1,153 @@
+-- es-postgres schema, version 1. `__SCHEMA__` is replaced by the quoted
+-- schema name. Every statement is idempotent.
+
+CREATE SCHEMA IF NOT EXISTS __SCHEMA__;
+
+-- One row per stream: its current version. Appends lock this row, so two
+-- appends to one stream serialise here and the second sees the first's
+-- version; appends to different streams never wait for each other.
+CREATE TABLE IF NOT EXISTS __SCHEMA__.streams (
+    stream_id text PRIMARY KEY,
+    version bigint NOT NULL CHECK (version >= 0)
+);
+
+-- The log. `position` is the global position: the appending transaction's
+-- id (xid8) shifted left by 20 bits, plus the event's index within the
+-- transaction. Readers of the global log only read positions below the
+-- oldest transaction still running, so a transaction that commits late can
+-- never insert below what a reader has already passed.
+CREATE TABLE IF NOT EXISTS __SCHEMA__.events (
+    position bigint PRIMARY KEY,                 -- global order; the primary key is the read_all index
+    event_id uuid NOT NULL,
+    stream_id text NOT NULL,
+    stream_version bigint NOT NULL CHECK (stream_version >= 1),
+    event_type text NOT NULL,
+    schema_version integer NOT NULL,
+    payload jsonb NOT NULL,
+    metadata jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT events_event_id_key UNIQUE (event_id),                           -- idempotent retries; a stored id cannot come back
+    CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)     -- read_stream index; no version twice
+);
+
+-- The latest snapshot of a stream's aggregate state.
+CREATE TABLE IF NOT EXISTS __SCHEMA__.snapshots (
+    stream_id text PRIMARY KEY,
+    version bigint NOT NULL,
+    schema_version integer NOT NULL,
+    state jsonb NOT NULL,
+    taken_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Appends one stream's events: one round trip, one statement. Raises
+-- ESWEV (wrong expected version, DETAIL = actual version), ESDUP (event id
+-- stored with other content, DETAIL = JSON of where) or ESINV (malformed).
+-- Expected kinds: 0 any, 1 no stream, 2 stream exists, 3 exact.
+CREATE OR REPLACE FUNCTION __SCHEMA__.append_events(
+    p_stream text,
+    p_expected_kind smallint,
+    p_expected bigint,
+    p_ids uuid[],
+    p_types text[],
+    p_versions integer[],
+    p_payloads text[],
+    p_metadata text[]
+) RETURNS TABLE (out_position bigint, out_version bigint, out_recorded_at timestamptz)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(array_length(p_ids, 1), 0);
+    v_current bigint;
+    v_found integer;
+    v_first record;
+    v_matching integer;
+    v_base bigint;
+    v_next bigint;
+BEGIN
+    -- Lock the stream (creating its row at version 0 if new). Everything
+    -- below runs after any concurrent append to this stream has finished.
+    INSERT INTO __SCHEMA__.streams AS s (stream_id, version) VALUES (p_stream, 0)
+        ON CONFLICT (stream_id) DO NOTHING;
+    SELECT s.version INTO v_current FROM __SCHEMA__.streams s
+        WHERE s.stream_id = p_stream FOR UPDATE;
+
+    -- A retry of an append already stored returns it as first stored.
+    IF n > 0 THEN
+        SELECT count(*) INTO v_found FROM __SCHEMA__.events e WHERE e.event_id = ANY (p_ids);
+        IF v_found > 0 THEN
+            SELECT e.stream_id, e.stream_version, e.event_id INTO v_first
+                FROM __SCHEMA__.events e WHERE e.event_id = ANY (p_ids)
+                ORDER BY e.position LIMIT 1;
+            SELECT count(*) INTO v_matching
+                FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadata)
+                     WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord)
+                JOIN __SCHEMA__.events e ON e.event_id = u.id
+                WHERE e.stream_id = p_stream
+                  AND e.stream_version = v_first.stream_version + u.ord - 1
+                  AND e.event_type = u.typ
+                  AND e.schema_version = u.ver
+                  AND e.payload = u.pay::jsonb
+                  AND e.metadata = u.meta::jsonb;
+            IF v_matching = n THEN
+                RETURN QUERY
+                    SELECT e.position, e.stream_version, e.recorded_at
+                    FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+                    JOIN __SCHEMA__.events e ON e.event_id = u.id
+                    ORDER BY u.ord;
+                RETURN;
+            END IF;
+            RAISE EXCEPTION 'event id % is already stored with other content', v_first.event_id
+                USING ERRCODE = 'ESDUP',
+                      DETAIL = json_build_object(
+                          'event_id', v_first.event_id,
+                          'stream_id', v_first.stream_id,
+                          'stream_version', v_first.stream_version,
+                          'reason', CASE
+                              WHEN v_first.stream_id <> p_stream THEN 'the id belongs to another stream'
+                              WHEN v_found <> n THEN 'the append mixes stored and new event ids'
+                              ELSE 'the stored event has other content or order' END)::text;
+        END IF;
+    END IF;
+
+    IF NOT (p_expected_kind = 0
+            OR (p_expected_kind = 1 AND v_current = 0)
+            OR (p_expected_kind = 2 AND v_current > 0)
+            OR (p_expected_kind = 3 AND v_current = p_expected)) THEN
+        RAISE EXCEPTION 'wrong expected version on stream %', p_stream
+            USING ERRCODE = 'ESWEV', DETAIL = v_current::text;
+    END IF;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+
+    -- Positions: this transaction's id, then the next free index in it.
+    v_base := (pg_current_xact_id()::text::bigint) << 20;
+    SELECT coalesce(max(e.position) + 1, v_base) INTO v_next
+        FROM __SCHEMA__.events e
+        WHERE e.position >= v_base AND e.position < v_base + 1048576;
+    IF v_next + n > v_base + 1048576 THEN
+        RAISE EXCEPTION 'one transaction may append at most 1048576 events'
+            USING ERRCODE = 'ESINV';
+    END IF;
+
+    RETURN QUERY
+        WITH inserted AS (
+            INSERT INTO __SCHEMA__.events AS e
+                (position, event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+            SELECT v_next + u.ord - 1, u.id, p_stream, v_current + u.ord, u.typ, u.ver, u.pay::jsonb, u.meta::jsonb
+            FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadata)
+                 WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord)
+            RETURNING e.position, e.stream_version, e.recorded_at
+        )
+        SELECT i.position, i.stream_version, i.recorded_at FROM inserted i ORDER BY i.position;
+    UPDATE __SCHEMA__.streams s SET version = v_current + n WHERE s.stream_id = p_stream;
+    PERFORM pg_notify('__CHANNEL__', '');
+END;
+$fn$;
+
+-- The highest global position every reader may read: below the oldest
+-- transaction still running (cluster-wide), nothing can still appear.
+CREATE OR REPLACE FUNCTION __SCHEMA__.readable_bound() RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint) << 20
+$fn$;
