@@ -1,11 +1,15 @@
 //! A bank account, event-sourced: open, deposit, withdraw. Withdrawing more
 //! than the balance is refused with a domain error.
 //!
-//! Run it with `cargo run --example bank_account`. Its tests, written with
-//! the given/when/then kit, run with `cargo test --example bank_account`.
+//! Run it with `cargo run --example bank_account` (in memory), or on
+//! PostgreSQL with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
+//! cargo run --example bank_account` (in the schema `bank_example`, which it
+//! resets first). Its tests, written with the given/when/then kit, run with
+//! `cargo test --example bank_account`.
 
 use es::memory::MemoryStore;
 use es::prelude::*;
+use es_postgres::PgEventStore;
 use serde::{Deserialize, Serialize};
 
 /// What happened to an account.
@@ -75,7 +79,27 @@ impl Account {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = MemoryStore::new();
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            println!("store: PostgreSQL at {url}, schema bank_example\n");
+            let reset = es_postgres::sqlx::PgPool::connect(&url).await?;
+            es_postgres::sqlx::query("DROP SCHEMA IF EXISTS bank_example CASCADE")
+                .execute(&reset)
+                .await?;
+            let store = PgEventStore::builder()
+                .schema("bank_example")
+                .connect(&url)
+                .await?;
+            run(store).await
+        }
+        Err(_) => {
+            println!("store: in memory (set DATABASE_URL to use PostgreSQL)\n");
+            run(MemoryStore::new()).await
+        }
+    }
+}
+
+async fn run<S: EventStore>(store: S) -> Result<(), Box<dyn std::error::Error>> {
     let accounts = Repository::<Account, _>::new(store.clone());
 
     let commands = [
