@@ -76,9 +76,11 @@
 //! [`EventStore::subscribe`] reads pages of the global log, then waits for a
 //! NOTIFY on the schema's channel (sent by every append at commit) or the
 //! poll interval, whichever is first. It holds at most one page per
-//! subscriber. When the server restarts or a connection drops, it
-//! reconnects with back-off and resumes from the position after the last
-//! event it delivered: nothing lost, nothing twice.
+//! subscriber. One listener task per store handle (and one connection of
+//! its pool) LISTENs for all of the handle's subscriptions. When the server
+//! restarts or a connection drops, reads back off and retry, the listener
+//! reconnects, and each subscription resumes from the position after the
+//! last event it delivered: nothing lost, nothing twice.
 
 #![warn(missing_docs)]
 
@@ -118,6 +120,10 @@ struct Inner {
     /// The highest position this handle appended, so its own reads of the
     /// global log can wait until those events are readable.
     last_appended: AtomicU64,
+    /// Counts NOTIFYs on the channel; subscriptions wait for it to move.
+    wakeups: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Whether the listener task runs.
+    listener_started: std::sync::Mutex<bool>,
 }
 
 #[derive(Clone)]
@@ -279,6 +285,8 @@ impl PgEventStoreBuilder {
                     read_your_writes_timeout: self.read_your_writes_timeout,
                 },
                 last_appended: AtomicU64::new(0),
+                wakeups: Arc::new(tokio::sync::watch::Sender::new(0)),
+                listener_started: std::sync::Mutex::new(false),
             }),
         })
     }

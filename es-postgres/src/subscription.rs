@@ -1,13 +1,20 @@
 //! Live subscriptions to the global log: read pages up to the readable
-//! bound, then wait for a NOTIFY or the poll interval; reconnect with
-//! back-off after any failure and resume after the last delivered event.
+//! bound, then wait for a wake-up or the poll interval; after a failure,
+//! back off and resume after the last delivered event.
+//!
+//! One listener task per store handle LISTENs on the schema's channel and
+//! turns notifications into a counter that every subscription of the handle
+//! watches, so subscriptions hold no connection of their own while they
+//! wait.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use es_core::{EventStream, RecordedEvent, StoreError};
-use futures::StreamExt;
-use sqlx::postgres::PgListener;
+use futures::{FutureExt, StreamExt};
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::watch;
 
 use crate::PgEventStore;
 
@@ -15,16 +22,18 @@ struct Subscription {
     store: PgEventStore,
     next: u64,
     buffer: VecDeque<RecordedEvent>,
-    listener: Option<PgListener>,
+    wake: watch::Receiver<u64>,
     failures: u32,
 }
 
 pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream {
+    let wake = store.inner.wakeups.subscribe();
+    ensure_listener(&store);
     let state = Subscription {
         store,
         next: from_position,
         buffer: VecDeque::new(),
-        listener: None,
+        wake,
         failures: 0,
     };
     // The state is `None` after an error that retrying cannot fix: the
@@ -35,11 +44,9 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
             if let Some(event) = sub.buffer.pop_front() {
                 return Some((Ok(event), Some(sub)));
             }
-            // Listen before reading, so a NOTIFY sent after the read wakes
-            // the wait below.
-            if sub.listener.is_none() {
-                sub.listener = listen(&sub.store).await;
-            }
+            // Mark the wake-ups so far as seen before reading: one that
+            // arrives after the read ends the wait below.
+            sub.wake.borrow_and_update();
             let page = sub.store.inner.options.subscription_page;
             match sub.store.read_log(sub.next, page).await {
                 Ok(events) => {
@@ -48,14 +55,17 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
                         sub.next = last.global_position + 1;
                         sub.buffer.extend(events);
                     } else {
-                        wait(&mut sub).await;
+                        let poll = sub.store.inner.options.poll_interval;
+                        tokio::select! {
+                            _ = sub.wake.changed() => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
                     }
                 }
                 Err(error) if error.is_transient() => {
                     sub.failures += 1;
-                    sub.listener = None;
                     let pause = backoff(sub.failures);
-                    tracing::warn!(%error, failures = sub.failures, ?pause, "subscription read failed; reconnecting");
+                    tracing::warn!(%error, failures = sub.failures, ?pause, "subscription read failed; retrying");
                     tokio::time::sleep(pause).await;
                 }
                 Err(error) => return Some((Err::<RecordedEvent, StoreError>(error), None)),
@@ -65,39 +75,66 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
     .boxed()
 }
 
-async fn listen(store: &PgEventStore) -> Option<PgListener> {
-    let mut listener = match PgListener::connect_with(&store.inner.pool).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::debug!(%error, "cannot LISTEN; polling");
-            return None;
-        }
+/// Starts the handle's listener task unless it runs.
+fn ensure_listener(store: &PgEventStore) {
+    let mut started = store
+        .inner
+        .listener_started
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *started {
+        return;
+    }
+    // Outside a tokio runtime there is nothing to run it on: the
+    // subscriptions then rely on polling alone.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
     };
-    match listener.listen(&store.inner.channel).await {
-        Ok(()) => Some(listener),
-        Err(error) => {
-            tracing::debug!(%error, "cannot LISTEN; polling");
-            None
+    *started = true;
+    let pool = store.inner.pool.clone();
+    let channel = store.inner.channel.clone();
+    let wakeups = Arc::clone(&store.inner.wakeups);
+    runtime.spawn(listen(pool, channel, wakeups));
+}
+
+/// LISTENs and counts notifications until the store handle is gone.
+/// Reconnects with back-off; the subscriptions' polling covers the gaps.
+async fn listen(pool: PgPool, channel: String, wakeups: Arc<watch::Sender<u64>>) {
+    let mut failures = 0;
+    // The store holds the other reference: when it is dropped, stop.
+    while Arc::strong_count(&wakeups) > 1 {
+        let mut listener = match connect(&pool, &channel).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                failures += 1;
+                tracing::debug!(%error, "cannot LISTEN; subscriptions poll meanwhile");
+                tokio::time::sleep(backoff(failures)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        // Everything committed while not listening is found by a read.
+        wakeups.send_modify(|n| *n += 1);
+        while Arc::strong_count(&wakeups) > 1 {
+            let received = tokio::time::timeout(Duration::from_secs(1), listener.try_recv()).await;
+            match received {
+                Err(_elapsed) => {}
+                Ok(Ok(Some(_))) => {
+                    // One read catches up on every append so far.
+                    while let Some(Ok(Some(_))) = listener.try_recv().now_or_never() {}
+                    wakeups.send_modify(|n| *n += 1);
+                }
+                // The connection dropped: listen again.
+                Ok(Ok(None)) | Ok(Err(_)) => break,
+            }
         }
     }
 }
 
-async fn wait(sub: &mut Subscription) {
-    let poll = sub.store.inner.options.poll_interval;
-    match &mut sub.listener {
-        Some(listener) => {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(_)) => {}
-                    // The connection dropped (or failed): listen again, and
-                    // read meanwhile, since notifications may be lost.
-                    Ok(None) | Err(_) => sub.listener = None,
-                },
-                _ = tokio::time::sleep(poll) => {}
-            }
-        }
-        None => tokio::time::sleep(poll).await,
-    }
+async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
 }
 
 fn backoff(failures: u32) -> Duration {
