@@ -64,6 +64,7 @@ mod aggregate;
 mod error;
 mod event;
 mod metadata;
+pub mod projection;
 mod runtime;
 mod store;
 mod version;

@@ -84,8 +84,11 @@
 
 #![warn(missing_docs)]
 
+mod projection;
 mod setup;
 mod subscription;
+
+pub use projection::ParkedRow;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -796,7 +799,7 @@ fn recorded_from_append(
 
 /// Reads one row of the events table; a row that cannot be read is a
 /// `Corrupt` error naming its stream and version.
-fn recorded_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+pub(crate) fn recorded_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let stream_id: String = row.try_get(2).map_err(unavailable_or_backend)?;
     let stream_id = StreamId::from(stream_id);
     let stream_version: i64 = row.try_get(3).map_err(unavailable_or_backend)?;

@@ -29,11 +29,18 @@ pub enum SetupError {
 
 /// The migrations, in order. Each runs once per schema, in a transaction,
 /// under an advisory lock, and is recorded in `schema_migrations`.
-pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "streams, events, snapshots, append_events(), readable_bound()",
-    include_str!("schema.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "streams, events, snapshots, append_events(), readable_bound()",
+        include_str!("schema.sql"),
+    ),
+    (
+        2,
+        "projections, parked_events",
+        include_str!("projections.sql"),
+    ),
+];
 
 pub(crate) fn check_schema_name(name: &str) -> Result<(), SetupError> {
     let valid = !name.is_empty()

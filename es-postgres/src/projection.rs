@@ -1,0 +1,358 @@
+//! Projections into PostgreSQL read models: the handlers write through the
+//! runner's transaction, and the checkpoint moves in that same transaction,
+//! so every event is applied exactly once, whatever crashes. One instance of
+//! a projection runs at a time: it holds a session advisory lock on a
+//! connection of its own, and another instance (in this process or
+//! another) takes over when that connection closes.
+
+use std::time::{Duration, Instant};
+
+use es_core::projection::{
+    run_projection, BatchError, Projection, ProjectionHandle, ProjectionOptions, ProjectionTarget,
+};
+use es_core::{Payload, RecordedEvent, StoreError};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+
+use crate::{unavailable_or_backend, PgEventStore};
+
+/// A parked event, as stored in `parked_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedRow {
+    /// The event's global position.
+    pub position: u64,
+    /// The event's id.
+    pub event_id: uuid::Uuid,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version there.
+    pub stream_version: u64,
+    /// Its type.
+    pub event_type: String,
+    /// The last error.
+    pub error: String,
+}
+
+impl PgEventStore {
+    /// Starts a projection whose handlers write to this database (its sink
+    /// is the runner's transaction). Its checkpoint lives in the
+    /// `projections` table under the projection's name.
+    ///
+    /// ```no_run
+    /// # use es_core::projection::{HandlerError, Projection, ProjectionOptions};
+    /// # use es_core::RecordedEvent;
+    /// # use es_postgres::sqlx::PgConnection;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, es_core::Event)]
+    /// # enum AccountEvent { Deposited { amount: i64 } }
+    /// struct Balances;
+    ///
+    /// impl Projection for Balances {
+    ///     type Event = AccountEvent;
+    ///     type Sink = PgConnection;
+    ///     fn name(&self) -> &str { "balances" }
+    ///     async fn handle(&self, tx: &mut PgConnection, e: &RecordedEvent<AccountEvent>) -> Result<(), HandlerError> {
+    ///         let AccountEvent::Deposited { amount } = &e.data;
+    ///         sqlx::query("INSERT INTO balances (account, balance) VALUES ($1, $2)
+    ///                      ON CONFLICT (account) DO UPDATE SET balance = balances.balance + $2")
+    ///             .bind(e.stream_id.as_str()).bind(amount).execute(tx).await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # async fn run(store: es_postgres::PgEventStore) {
+    /// let handle = store.run_projection(Balances, ProjectionOptions::default());
+    /// println!("{:?}", handle.status());
+    /// # }
+    /// ```
+    pub fn run_projection<P>(&self, projection: P, options: ProjectionOptions) -> ProjectionHandle
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        let target = PgProjectionTarget {
+            store: self.clone(),
+            lock: None,
+            lock_checked: Instant::now(),
+        };
+        run_projection(self.clone(), projection, target, options)
+    }
+
+    /// The checkpoint of a projection (0 if it never ran).
+    pub async fn projection_position(&self, name: &str) -> Result<u64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT position FROM \"{}\".projections WHERE name = $1",
+            self.schema()
+        ))
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
+        Ok(position.unwrap_or(0) as u64)
+    }
+
+    /// Waits until the named projections (running in any process) have
+    /// processed `position`: read-your-writes for an API that answers from a
+    /// read model after a command.
+    pub async fn wait_for_projections(
+        &self,
+        names: &[&str],
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), es_core::projection::WaitError> {
+        let started = Instant::now();
+        for name in names {
+            loop {
+                let reached = self.projection_position(name).await.unwrap_or(0);
+                if reached >= position {
+                    break;
+                }
+                if started.elapsed() >= timeout {
+                    return Err(es_core::projection::WaitError::Timeout {
+                        name: (*name).to_owned(),
+                        wanted: position,
+                        reached,
+                        timeout,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parked events of a projection, in log order.
+    pub async fn parked_events(&self, projection: &str) -> Result<Vec<ParkedRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT position, event_id, stream_id, stream_version, event_type, error \
+             FROM \"{}\".parked_events WHERE projection = $1 ORDER BY position",
+            self.schema()
+        ))
+        .bind(projection)
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ParkedRow {
+                    position: r.try_get::<i64, _>(0)? as u64,
+                    event_id: r.try_get(1)?,
+                    stream_id: r.try_get(2)?,
+                    stream_version: r.try_get::<i64, _>(3)? as u64,
+                    event_type: r.try_get(4)?,
+                    error: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable_or_backend)
+    }
+
+    /// Applies a parked event again with `projection`'s handler and, if it
+    /// succeeds, removes it from the parked list (in one transaction).
+    pub async fn retry_parked<P>(&self, projection: &P, position: u64) -> Result<bool, StoreError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        let rows = sqlx::query(&format!(
+            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
+                    e.schema_version, e.payload::text, e.metadata::text, e.recorded_at \
+             FROM \"{s}\".events e JOIN \"{s}\".parked_events p \
+               ON p.position = e.position AND p.projection = $1 \
+             WHERE e.position = $2",
+            s = self.schema()
+        ))
+        .bind(projection.name())
+        .bind(position as i64)
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        let raw = crate::recorded_from_row(row)?;
+        let event = raw
+            .decode::<P::Event>()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
+        projection
+            .handle(&mut tx, &event)
+            .await
+            .map_err(StoreError::Backend)?;
+        sqlx::query(&format!(
+            "DELETE FROM \"{}\".parked_events WHERE projection = $1 AND position = $2",
+            self.schema()
+        ))
+        .bind(projection.name())
+        .bind(position as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(true)
+    }
+}
+
+struct PgProjectionTarget {
+    store: PgEventStore,
+    /// The connection holding the advisory lock: the lease.
+    lock: Option<PgConnection>,
+    lock_checked: Instant,
+}
+
+impl PgProjectionTarget {
+    fn lock_key(&self, name: &str) -> String {
+        format!("es-projection {} {}", self.store.schema(), name)
+    }
+
+    fn schema(&self) -> String {
+        format!("\"{}\"", self.store.schema())
+    }
+
+    /// Checks, at most once a second, that the lock connection still lives:
+    /// when it died, the lock is gone and another instance may run.
+    async fn still_leader(&mut self) -> bool {
+        if self.lock_checked.elapsed() < Duration::from_secs(1) {
+            return self.lock.is_some();
+        }
+        self.lock_checked = Instant::now();
+        let alive = match &mut self.lock {
+            Some(conn) => conn.ping().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            self.lock = None;
+        }
+        alive
+    }
+}
+
+impl<P> ProjectionTarget<P> for PgProjectionTarget
+where
+    P: Projection<Sink = PgConnection>,
+{
+    async fn acquire(&mut self, projection: &P) -> Result<(), StoreError> {
+        if self.still_leader().await {
+            return Ok(());
+        }
+        let key = self.lock_key(projection.name());
+        loop {
+            let mut conn = self
+                .store
+                .pool()
+                .acquire()
+                .await
+                .map_err(unavailable_or_backend)?
+                .detach();
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(&key)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(unavailable_or_backend)?;
+            if locked {
+                self.lock = Some(conn);
+                self.lock_checked = Instant::now();
+                return Ok(());
+            }
+            drop(conn);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn checkpoint(&mut self, projection: &P) -> Result<u64, StoreError> {
+        let s = self.schema();
+        sqlx::query(&format!(
+            "INSERT INTO {s}.projections (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
+        ))
+        .bind(projection.name())
+        .execute(self.store.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
+        self.store.projection_position(projection.name()).await
+    }
+
+    async fn apply_batch(
+        &mut self,
+        projection: &P,
+        events: &[RecordedEvent<P::Event>],
+        from: u64,
+        to: u64,
+    ) -> Result<(), BatchError> {
+        if !self.still_leader().await {
+            return Err(BatchError::FencedOut);
+        }
+        let s = self.schema();
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(unavailable_or_backend)?;
+        for (index, event) in events.iter().enumerate() {
+            if let Err(error) = projection.handle(&mut tx, event).await {
+                // Dropping the transaction rolls it back.
+                return Err(BatchError::Handler { index, error });
+            }
+        }
+        let moved = sqlx::query(&format!(
+            "UPDATE {s}.projections SET position = $3, updated_at = now() \
+             WHERE name = $1 AND position = $2"
+        ))
+        .bind(projection.name())
+        .bind(from as i64)
+        .bind(to as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        if moved.rows_affected() != 1 {
+            return Err(BatchError::FencedOut);
+        }
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(())
+    }
+
+    async fn park(
+        &mut self,
+        projection: &P,
+        event: &RecordedEvent<Payload>,
+        error: &str,
+        from: u64,
+    ) -> Result<(), BatchError> {
+        let s = self.schema();
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(unavailable_or_backend)?;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.parked_events \
+             (projection, position, event_id, stream_id, stream_version, event_type, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+        ))
+        .bind(projection.name())
+        .bind(event.global_position as i64)
+        .bind(event.event_id)
+        .bind(event.stream_id.as_str())
+        .bind(event.stream_version as i64)
+        .bind(&*event.event_type)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        let moved = sqlx::query(&format!(
+            "UPDATE {s}.projections SET position = $3, updated_at = now() \
+             WHERE name = $1 AND position = $2"
+        ))
+        .bind(projection.name())
+        .bind(from as i64)
+        .bind(event.global_position as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        if moved.rows_affected() != 1 {
+            return Err(BatchError::FencedOut);
+        }
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+//! Projections on the in-memory store and read model: catch-up then live,
+//! skipped types never decoded, retries, stop and park policies, panics
+//! contained, read-your-writes, crash-restart, takeover, back-pressure.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use es::memory::MemoryStore;
+use es::prelude::*;
+use es::projection::run_projection;
+use es::projection::{
+    HandlerError, MemoryReadModel, OnFailure, Projection, ProjectionOptions, ProjectionState,
+};
+use es::Payload;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+enum LedgerEvent {
+    Credited { amount: u64 },
+    Noted { text: String },
+}
+
+type Totals = BTreeMap<String, u64>;
+
+/// Sums credits per stream; fails on amounts in `poison`, and panics on
+/// 666 when `panics`.
+#[derive(Default)]
+struct TotalsProjection {
+    name: &'static str,
+    panics: bool,
+    poison: Vec<u64>,
+    fail_first: Option<Arc<AtomicU32>>,
+    delay: Option<Duration>,
+}
+
+impl Projection for TotalsProjection {
+    type Event = LedgerEvent;
+    type Sink = Totals;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn handles(&self) -> &[&str] {
+        &["Credited"]
+    }
+
+    async fn handle(
+        &self,
+        totals: &mut Totals,
+        event: &RecordedEvent<LedgerEvent>,
+    ) -> Result<(), HandlerError> {
+        let LedgerEvent::Credited { amount } = event.data else {
+            return Err("only credits are handled".into());
+        };
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if self.panics && amount == 666 {
+            panic!("the number of the beast");
+        }
+        if self.poison.contains(&amount) {
+            return Err(format!("cannot credit {amount}").into());
+        }
+        if let Some(left) = &self.fail_first {
+            if left.load(Ordering::SeqCst) > 0 {
+                left.fetch_sub(1, Ordering::SeqCst);
+                return Err("temporarily unavailable".into());
+            }
+        }
+        *totals.entry(event.stream_id.to_string()).or_default() += amount;
+        Ok(())
+    }
+}
+
+fn credit(amount: u64) -> NewEvent {
+    NewEvent::from_event(&LedgerEvent::Credited { amount }, Metadata::new()).unwrap()
+}
+
+async fn credit_to(store: &MemoryStore, stream: &str, amounts: &[u64]) -> u64 {
+    let recorded = store
+        .append(
+            &StreamId::from(stream),
+            ExpectedVersion::Any,
+            amounts.iter().map(|&a| credit(a)).collect(),
+        )
+        .await
+        .unwrap();
+    recorded.last().unwrap().global_position
+}
+
+fn fast() -> ProjectionOptions {
+    ProjectionOptions::default().retries(2, Duration::from_millis(1))
+}
+
+#[tokio::test]
+async fn catches_up_then_follows_live() {
+    let store = MemoryStore::new();
+    credit_to(&store, "a", &[1, 2, 3]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let handle = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        fast(),
+    );
+    handle.wait_for(3, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(model.read(|t| t.clone()), BTreeMap::from([("a".into(), 6)]));
+    let last = credit_to(&store, "b", &[10]).await;
+    handle.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(model.read(|t| t["b"]), 10);
+    let status = handle.stop().await;
+    assert_eq!(status.state, ProjectionState::Stopped);
+    assert_eq!((status.position, status.processed), (4, 4));
+    assert_eq!(model.checkpoint(), 4);
+}
+
+#[tokio::test]
+async fn events_it_does_not_handle_are_never_decoded() {
+    let store = MemoryStore::new();
+    credit_to(&store, "a", &[5]).await;
+    // A `Noted` whose payload could not decode: skipped, so harmless.
+    store
+        .append(
+            &StreamId::from("a"),
+            ExpectedVersion::Any,
+            vec![NewEvent::raw(
+                "Noted",
+                1,
+                Payload::from_json("[1,2,3]").unwrap(),
+                Metadata::new(),
+            )],
+        )
+        .await
+        .unwrap();
+    let last = credit_to(&store, "a", &[7]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let handle = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        fast(),
+    );
+    handle.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(model.read(|t| t["a"]), 12);
+    assert!(model.parked().is_empty());
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_applied_once() {
+    let store = MemoryStore::new();
+    let last = credit_to(&store, "a", &[1, 2, 3]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let projection = TotalsProjection {
+        name: "totals",
+        fail_first: Some(Arc::new(AtomicU32::new(2))),
+        ..Default::default()
+    };
+    let handle = run_projection(store.clone(), projection, model.clone(), fast());
+    handle.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(model.read(|t| t["a"]), 6, "each credit counted once");
+    assert!(model.parked().is_empty());
+}
+
+#[tokio::test]
+async fn under_the_stop_policy_a_failing_event_stops_the_projection_before_it() {
+    let store = MemoryStore::new();
+    credit_to(&store, "a", &[1, 13, 2]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let projection = TotalsProjection {
+        name: "totals",
+        poison: vec![13],
+        ..Default::default()
+    };
+    let handle = run_projection(
+        store.clone(),
+        projection,
+        model.clone(),
+        fast().on_failure(OnFailure::Stop),
+    );
+    let error = handle
+        .wait_for(3, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let status = handle.status();
+    let ProjectionState::Failed(reason) = &status.state else {
+        panic!("expected a failed projection, got {status:?} ({error})");
+    };
+    assert_eq!(
+        reason,
+        "event `Credited` at position 2 (stream `a` version 2) failed 3 times: cannot credit 13"
+    );
+    assert_eq!(status.position, 1);
+    assert_eq!(model.checkpoint(), 1);
+    assert_eq!(model.read(|t| t["a"]), 1);
+}
+
+#[tokio::test]
+async fn under_the_park_policy_a_failing_event_is_parked_and_the_rest_applied() {
+    let store = MemoryStore::new();
+    let last = credit_to(&store, "a", &[1, 13, 2]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let projection = TotalsProjection {
+        name: "totals",
+        poison: vec![13],
+        ..Default::default()
+    };
+    let handle = run_projection(
+        store.clone(),
+        projection,
+        model.clone(),
+        fast().on_failure(OnFailure::Park),
+    );
+    handle.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(model.read(|t| t["a"]), 3);
+    let parked = model.parked();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event.global_position, 2);
+    assert!(
+        parked[0].error.ends_with("cannot credit 13"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(handle.status().parked, 1);
+    assert_eq!(model.unpark(2).map(|p| p.event.stream_version), Some(2));
+    assert!(model.parked().is_empty());
+}
+
+#[tokio::test]
+async fn a_panic_stops_that_projection_only() {
+    let store = MemoryStore::new();
+    let last = credit_to(&store, "a", &[1, 666, 2]).await;
+    let panicking = MemoryReadModel::<Totals>::default();
+    let healthy = MemoryReadModel::<Totals>::default();
+    let bad = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "bad",
+            panics: true,
+            ..Default::default()
+        },
+        panicking.clone(),
+        fast(),
+    );
+    let good = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "good",
+            poison: vec![666],
+            ..Default::default()
+        },
+        healthy.clone(),
+        fast().on_failure(OnFailure::Park),
+    );
+    good.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert!(bad.wait_for(last, Duration::from_secs(5)).await.is_err());
+    assert_eq!(
+        bad.status().state,
+        ProjectionState::Failed("the projection panicked: the number of the beast".into())
+    );
+    assert_eq!(healthy.read(|t| t["a"]), 3);
+    assert_eq!(
+        panicking.checkpoint(),
+        0,
+        "the panicking batch left nothing behind"
+    );
+}
+
+#[tokio::test]
+async fn waiting_for_a_position_that_is_not_reached_times_out_with_where_it_is() {
+    let store = MemoryStore::new();
+    credit_to(&store, "a", &[1]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let handle = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model,
+        fast(),
+    );
+    handle.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    let error = handle
+        .wait_for(99, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "projection `totals` reached position 1, not 99, within 50ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aborted_at_random_points_and_restarted_it_counts_every_event_once() {
+    let store = MemoryStore::new();
+    let mut expected = Totals::new();
+    for i in 0..2_000u64 {
+        let stream = format!("s{}", i % 7);
+        *expected.entry(stream.clone()).or_default() += i + 1;
+        credit_to(&store, &stream, &[i + 1]).await;
+    }
+    let model = MemoryReadModel::<Totals>::default();
+    let options = ProjectionOptions::default().batch_size(37);
+    let mut seed = 0x2545_f491_u64;
+    for _ in 0..30 {
+        let handle = run_projection(
+            store.clone(),
+            TotalsProjection {
+                name: "totals",
+                ..Default::default()
+            },
+            model.clone(),
+            options.clone(),
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_micros(seed % 3_000)).await;
+        handle.abort();
+        while !handle.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    }
+    let handle = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        options,
+    );
+    handle
+        .wait_for(2_000, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(model.read(|t| t.clone()), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_runs_and_another_takes_over_when_it_dies() {
+    let store = MemoryStore::new();
+    credit_to(&store, "a", &[1, 2]).await;
+    let model = MemoryReadModel::<Totals>::default();
+    let first = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        fast(),
+    );
+    first.wait_for(2, Duration::from_secs(5)).await.unwrap();
+    let second = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        fast(),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(second.status().state, ProjectionState::Standby);
+    first.abort();
+    let last = credit_to(&store, "a", &[3, 4]).await;
+    second.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(second.status().state, ProjectionState::Running);
+    assert_eq!(model.read(|t| t["a"]), 10, "no event applied twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_projection_never_slows_the_writers() {
+    let store = MemoryStore::new();
+    let model = MemoryReadModel::<Totals>::default();
+    let slow = TotalsProjection {
+        name: "slow",
+        delay: Some(Duration::from_millis(2)),
+        ..Default::default()
+    };
+    let handle = run_projection(
+        store.clone(),
+        slow,
+        model.clone(),
+        ProjectionOptions::default().batch_size(16),
+    );
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..500 {
+                credit_to(&store, &format!("w{w}"), &[i]).await;
+            }
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for writer in writers {
+            writer.await.unwrap();
+        }
+    })
+    .await
+    .expect("writers finish while the projection lags");
+    let behind = store.event_count() as u64 - handle.status().position;
+    assert!(
+        behind > 1_000,
+        "the projection lags by {behind} events: it reads at its own pace"
+    );
+    handle.stop().await;
+}
