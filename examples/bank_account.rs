@@ -1,14 +1,24 @@
 //! A bank account, event-sourced: open, deposit, withdraw. Withdrawing more
 //! than the balance is refused with a domain error.
 //!
+//! A projection keeps a read model — the list of accounts with their
+//! balances — current from the log, and the example answers from it.
+//!
 //! Run it with `cargo run --example bank_account` (in memory), or on
 //! PostgreSQL with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
 //! cargo run --example bank_account` (in the schema `bank_example`, which it
 //! resets first). Its tests, written with the given/when/then kit, run with
 //! `cargo test --example bank_account`.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use es::memory::MemoryStore;
 use es::prelude::*;
+use es::projection::{
+    run_projection, HandlerError, MemoryReadModel, Projection, ProjectionOptions,
+};
+use es_postgres::sqlx::{self, PgConnection};
 use es_postgres::PgEventStore;
 use serde::{Deserialize, Serialize};
 
@@ -77,29 +87,160 @@ impl Account {
     }
 }
 
+/// The read model: one row per account, kept current by a projection.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountRow {
+    owner: String,
+    balance: u64,
+}
+
+/// The account list in memory, for the in-memory run.
+struct AccountList;
+
+impl Projection for AccountList {
+    type Event = AccountEvent;
+    type Sink = BTreeMap<String, AccountRow>;
+
+    fn name(&self) -> &str {
+        "accounts"
+    }
+
+    async fn handle(
+        &self,
+        rows: &mut Self::Sink,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let id = account_id(event);
+        match &event.data {
+            AccountEvent::Opened { owner } => {
+                rows.insert(
+                    id,
+                    AccountRow {
+                        owner: owner.clone(),
+                        balance: 0,
+                    },
+                );
+            }
+            AccountEvent::Deposited { amount } => rows.entry(id).or_default().balance += amount,
+            AccountEvent::Withdrew { amount } => rows.entry(id).or_default().balance -= amount,
+        }
+        Ok(())
+    }
+}
+
+/// The account list in PostgreSQL: the handler writes through the runner's
+/// transaction, which also moves the projection's checkpoint.
+struct AccountTable;
+
+impl Projection for AccountTable {
+    type Event = AccountEvent;
+    type Sink = PgConnection;
+
+    fn name(&self) -> &str {
+        "accounts"
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let id = account_id(event);
+        let query = match &event.data {
+            AccountEvent::Opened { owner } => sqlx::query(
+                "INSERT INTO bank_example.accounts (id, owner, balance) VALUES ($1, $2, 0)",
+            )
+            .bind(id)
+            .bind(owner.as_str()),
+            AccountEvent::Deposited { amount } => {
+                sqlx::query("UPDATE bank_example.accounts SET balance = balance + $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(i64::try_from(*amount)?)
+            }
+            AccountEvent::Withdrew { amount } => {
+                sqlx::query("UPDATE bank_example.accounts SET balance = balance - $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(i64::try_from(*amount)?)
+            }
+        };
+        query.execute(tx).await?;
+        Ok(())
+    }
+}
+
+fn account_id<E>(event: &RecordedEvent<E>) -> String {
+    let stream = event.stream_id.as_str();
+    stream.strip_prefix("account-").unwrap_or(stream).to_owned()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             println!("store: PostgreSQL at {url}, schema bank_example\n");
-            let reset = es_postgres::sqlx::PgPool::connect(&url).await?;
-            es_postgres::sqlx::query("DROP SCHEMA IF EXISTS bank_example CASCADE")
+            let reset = sqlx::PgPool::connect(&url).await?;
+            sqlx::query("DROP SCHEMA IF EXISTS bank_example CASCADE")
                 .execute(&reset)
                 .await?;
             let store = PgEventStore::builder()
                 .schema("bank_example")
                 .connect(&url)
                 .await?;
-            run(store).await
+            sqlx::query(
+                "CREATE TABLE bank_example.accounts \
+                 (id text PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL)",
+            )
+            .execute(store.pool())
+            .await?;
+            let projection = store.run_projection(AccountTable, ProjectionOptions::default());
+            let last = run(store.clone()).await?;
+            // Read-your-writes: answer from the read model once it has
+            // processed the last command's events.
+            projection.wait_for(last, Duration::from_secs(10)).await?;
+            println!("\n== read model: bank_example.accounts, kept by the projection ==");
+            let rows: Vec<(String, String, i64)> =
+                sqlx::query_as("SELECT id, owner, balance FROM bank_example.accounts ORDER BY id")
+                    .fetch_all(store.pool())
+                    .await?;
+            for (id, owner, balance) in rows {
+                println!("  {id}: owner {owner}, balance {balance}");
+            }
+            let status = projection.stop().await;
+            println!(
+                "  (projection `{}` at position {}, {} events processed)",
+                status.name, status.position, status.processed
+            );
+            Ok(())
         }
         Err(_) => {
             println!("store: in memory (set DATABASE_URL to use PostgreSQL)\n");
-            run(MemoryStore::new()).await
+            let store = MemoryStore::new();
+            let rows = MemoryReadModel::<BTreeMap<String, AccountRow>>::default();
+            let projection = run_projection(
+                store.clone(),
+                AccountList,
+                rows.clone(),
+                ProjectionOptions::default(),
+            );
+            let last = run(store).await?;
+            projection.wait_for(last, Duration::from_secs(10)).await?;
+            println!("\n== read model: the account list, kept by the projection ==");
+            for (id, row) in rows.read(|rows| rows.clone()) {
+                println!("  {id}: owner {}, balance {}", row.owner, row.balance);
+            }
+            let status = projection.stop().await;
+            println!(
+                "  (projection `{}` at position {}, {} events processed)",
+                status.name, status.position, status.processed
+            );
+            Ok(())
         }
     }
 }
 
-async fn run<S: EventStore>(store: S) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the commands and prints what happened; returns the global position
+/// of the last stored event.
+async fn run<S: EventStore>(store: S) -> Result<u64, Box<dyn std::error::Error>> {
     let accounts = Repository::<Account, _>::new(store.clone());
 
     let commands = [
@@ -147,7 +288,8 @@ async fn run<S: EventStore>(store: S) -> Result<(), Box<dyn std::error::Error>> 
     }
 
     println!("\n== the global log ==");
-    for e in store.read_all(1, usize::MAX).await? {
+    let log = store.read_all(1, usize::MAX).await?;
+    for e in &log {
         println!(
             "  #{} {} v{} {} {}",
             e.global_position, e.stream_id, e.stream_version, e.event_type, e.data
@@ -162,7 +304,7 @@ async fn run<S: EventStore>(store: S) -> Result<(), Box<dyn std::error::Error>> 
             account.state.balance, account.version
         );
     }
-    Ok(())
+    Ok(log.last().map_or(0, |e| e.global_position))
 }
 
 #[cfg(test)]
