@@ -58,6 +58,16 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// An inline projection (a read model written in the append's
+    /// transaction) failed; nothing was appended.
+    #[error("inline projection `{projection}` failed, so nothing was appended: {reason}")]
+    InlineProjectionFailed {
+        /// The projection.
+        projection: String,
+        /// Its handler's error.
+        reason: String,
+    },
+
     /// The store could not be reached or the reply was lost. The operation
     /// may or may not have taken effect: retry it with the same event ids.
     #[error("event store unavailable: {0}")]

@@ -88,7 +88,7 @@ mod projection;
 mod setup;
 mod subscription;
 
-pub use projection::ParkedRow;
+pub use projection::{ParkedRow, ProjectionProgress, RebuildError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,6 +127,8 @@ struct Inner {
     wakeups: Arc<tokio::sync::watch::Sender<u64>>,
     /// Whether the listener task runs.
     listener_started: std::sync::Mutex<bool>,
+    /// Read models updated in the same transaction as each append.
+    inline: Vec<Arc<dyn projection::InlineProjection>>,
 }
 
 #[derive(Clone)]
@@ -154,7 +156,7 @@ impl Queries {
                        e.schema_version, e.payload::text, e.metadata::text, e.recorded_at";
         Queries {
             append: format!(
-                "SELECT out_position, out_version, out_recorded_at \
+                "SELECT out_position, out_version, out_recorded_at, out_replayed \
                  FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8)"
             ),
             read_stream: format!(
@@ -204,13 +206,34 @@ impl Queries {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgEventStoreBuilder {
     schema: String,
     max_connections: u32,
     poll_interval: Duration,
     subscription_page: usize,
     read_your_writes_timeout: Duration,
+    inline: Vec<Arc<dyn projection::InlineProjection>>,
+}
+
+impl std::fmt::Debug for PgEventStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStoreBuilder")
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("poll_interval", &self.poll_interval)
+            .field("subscription_page", &self.subscription_page)
+            .field("read_your_writes_timeout", &self.read_your_writes_timeout)
+            .field(
+                "inline",
+                &self
+                    .inline
+                    .iter()
+                    .map(|p| p.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Default for PgEventStoreBuilder {
@@ -221,6 +244,7 @@ impl Default for PgEventStoreBuilder {
             poll_interval: Duration::from_millis(500),
             subscription_page: 512,
             read_your_writes_timeout: Duration::from_secs(5),
+            inline: Vec::new(),
         }
     }
 }
@@ -258,6 +282,19 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Adds an inline projection: a read model updated in the same
+    /// transaction as every append of this store handle (`append`,
+    /// `append_atomic`, `append_in`), so it is never behind the log. A
+    /// failing handler fails the append, and nothing is stored. A retried
+    /// append that was already stored is not applied again.
+    pub fn inline_projection<P>(mut self, projection: P) -> Self
+    where
+        P: es_core::projection::Projection<Sink = PgConnection>,
+    {
+        self.inline.push(Arc::new(projection::Inline(projection)));
+        self
+    }
+
     /// Connects a pool to `url`, creates or upgrades the schema, and returns
     /// the store.
     pub async fn connect(self, url: &str) -> Result<PgEventStore, SetupError> {
@@ -290,6 +327,7 @@ impl PgEventStoreBuilder {
                 last_appended: AtomicU64::new(0),
                 wakeups: Arc::new(tokio::sync::watch::Sender::new(0)),
                 listener_started: std::sync::Mutex::new(false),
+                inline: self.inline,
             }),
         })
     }
@@ -455,10 +493,32 @@ impl PgEventStore {
         let args = AppendArgs::new(stream_id, expected, &events)?;
         let rows = args
             .query(&self.inner.queries.append)
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| append_error(e, stream_id, expected))?;
-        recorded_from_append(stream_id, events, rows)
+        let (recorded, replayed) = recorded_from_append(stream_id, events, rows)?;
+        if !replayed {
+            self.apply_inline(conn, &recorded).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// Applies the inline projections to freshly appended events, in the
+    /// append's transaction.
+    async fn apply_inline(
+        &self,
+        conn: &mut PgConnection,
+        recorded: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        for projection in &self.inner.inline {
+            projection.apply(conn, recorded).await.map_err(|error| {
+                StoreError::InlineProjectionFailed {
+                    projection: projection.name().to_owned(),
+                    reason: error.to_string(),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     async fn append_pooled(
@@ -468,6 +528,19 @@ impl PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         check_batch(stream_id, &events)?;
+        if !self.inner.inline.is_empty() {
+            // Inline projections write in the append's transaction.
+            let mut tx = self
+                .inner
+                .pool
+                .begin()
+                .await
+                .map_err(unavailable_or_backend)?;
+            let recorded = self.append_on(&mut tx, stream_id, expected, events).await?;
+            tx.commit().await.map_err(unavailable_or_backend)?;
+            self.note_appended(&recorded);
+            return Ok(recorded);
+        }
         let args = AppendArgs::new(stream_id, expected, &events)?;
         let mut attempt = 0;
         let rows = loop {
@@ -483,7 +556,7 @@ impl PgEventStore {
                 other => break other.map_err(|e| append_error(e, stream_id, expected))?,
             }
         };
-        let recorded = recorded_from_append(stream_id, events, rows)?;
+        let (recorded, _replayed) = recorded_from_append(stream_id, events, rows)?;
         self.note_appended(&recorded);
         Ok(recorded)
     }
@@ -761,11 +834,12 @@ fn check_atomic(appends: &[StreamAppend]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The recorded events, and whether the append was a retry of a stored one.
 fn recorded_from_append(
     stream_id: &StreamId,
     events: Vec<NewEvent>,
     rows: Vec<PgRow>,
-) -> Result<Vec<RecordedEvent>, StoreError> {
+) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
     if rows.len() != events.len() {
         return Err(StoreError::Backend(
             format!(
@@ -776,7 +850,11 @@ fn recorded_from_append(
             .into(),
         ));
     }
-    events
+    let replayed = match rows.first() {
+        Some(row) => row.try_get::<bool, _>(3).map_err(unavailable_or_backend)?,
+        None => false,
+    };
+    let recorded = events
         .into_iter()
         .zip(rows)
         .map(|(e, row)| {
@@ -794,7 +872,8 @@ fn recorded_from_append(
                 recorded_at: row.try_get(2).map_err(unavailable_or_backend)?,
             })
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()?;
+    Ok((recorded, replayed))
 }
 
 /// Reads one row of the events table; a row that cannot be read is a

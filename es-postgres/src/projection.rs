@@ -16,6 +16,50 @@ use sqlx::{Connection, Row};
 
 use crate::{unavailable_or_backend, PgEventStore};
 
+/// How far a projection is behind the head of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionProgress {
+    /// The projection.
+    pub name: String,
+    /// Its checkpoint.
+    pub position: u64,
+    /// The last readable position of the log.
+    pub head: u64,
+    /// Events between the checkpoint and the head.
+    pub behind: u64,
+    /// Events processed per second by the runner (0 when unknown).
+    pub events_per_second: f64,
+    /// Events the runner processed so far.
+    pub processed: u64,
+}
+
+/// Why a rebuild did not switch over.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RebuildError {
+    /// The projection stopped or failed before it caught up; nothing was
+    /// switched.
+    #[error("the rebuild of `{name}` stopped before it caught up: {state:?}")]
+    Stopped {
+        /// The projection.
+        name: String,
+        /// Its state.
+        state: es_core::projection::ProjectionState,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The switch-over statements failed; the old read model still serves.
+    #[error("the switch-over of `{name}` failed: {source}")]
+    Switch {
+        /// The projection.
+        name: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
 /// A parked event, as stored in `parked_events`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParkedRow {
@@ -118,6 +162,92 @@ impl PgEventStore {
             }
         }
         Ok(())
+    }
+
+    /// How far a projection is behind the head of the log.
+    pub async fn projection_progress(&self, name: &str) -> Result<ProjectionProgress, StoreError> {
+        let position = self.projection_position(name).await?;
+        let row = sqlx::query(&format!(
+            "SELECT coalesce(max(e.position), 0), count(e.position) FROM \"{s}\".events e \
+             WHERE e.position > $1 AND e.position < \"{s}\".readable_bound()",
+            s = self.schema()
+        ))
+        .bind(position as i64)
+        .fetch_one(self.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
+        let head: i64 = row.try_get(0).map_err(unavailable_or_backend)?;
+        let behind: i64 = row.try_get(1).map_err(unavailable_or_backend)?;
+        Ok(ProjectionProgress {
+            name: name.to_owned(),
+            position,
+            head: (head as u64).max(position),
+            behind: behind as u64,
+            events_per_second: 0.0,
+            processed: 0,
+        })
+    }
+
+    /// Rebuilds a read model from position zero while the old one keeps
+    /// serving queries: runs `projection` (a new name, writing into new
+    /// tables the caller created) from the start of the log, reports
+    /// progress every 200 ms, and once it has caught up with the head runs
+    /// `switch_sql` in one transaction — typically `CREATE OR REPLACE VIEW
+    /// accounts AS SELECT * FROM accounts_v2`, so queries read the new
+    /// tables from that commit on. Returns the new projection, running
+    /// live; stop the old one afterwards.
+    pub async fn rebuild_projection<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
+        mut on_progress: impl FnMut(&ProjectionProgress),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        let name = projection.name().to_owned();
+        sqlx::query(&format!(
+            "DELETE FROM \"{}\".projections WHERE name = $1",
+            self.schema()
+        ))
+        .bind(&name)
+        .execute(self.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
+        let handle = self.run_projection(projection, options);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let status = handle.status();
+            if matches!(
+                status.state,
+                es_core::projection::ProjectionState::Failed(_)
+                    | es_core::projection::ProjectionState::Stopped
+            ) {
+                return Err(RebuildError::Stopped {
+                    name,
+                    state: status.state,
+                });
+            }
+            let mut progress = self.projection_progress(&name).await?;
+            progress.events_per_second = status.events_per_second;
+            progress.processed = status.processed;
+            on_progress(&progress);
+            if progress.behind == 0 && status.state == es_core::projection::ProjectionState::Running
+            {
+                break;
+            }
+        }
+        let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
+        sqlx::raw_sql(switch_sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| RebuildError::Switch {
+                name: name.clone(),
+                source,
+            })?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(handle)
     }
 
     /// The parked events of a projection, in log order.
@@ -354,5 +484,42 @@ where
         }
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(())
+    }
+}
+
+/// A projection applied inside the append's transaction.
+pub(crate) trait InlineProjection: Send + Sync {
+    fn name(&self) -> &str;
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [RecordedEvent],
+    ) -> futures::future::BoxFuture<'a, Result<(), es_core::projection::HandlerError>>;
+}
+
+pub(crate) struct Inline<P>(pub(crate) P);
+
+impl<P> InlineProjection for Inline<P>
+where
+    P: Projection<Sink = PgConnection>,
+{
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [RecordedEvent],
+    ) -> futures::future::BoxFuture<'a, Result<(), es_core::projection::HandlerError>> {
+        Box::pin(async move {
+            let handles = self.0.handles();
+            for event in events.iter().filter(|e| handles.contains(&&*e.event_type)) {
+                let decoded = event.decode::<P::Event>()?;
+                self.0.handle(tx, &decoded).await?;
+            }
+            Ok(())
+        })
     }
 }

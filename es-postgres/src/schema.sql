@@ -52,7 +52,7 @@ CREATE OR REPLACE FUNCTION __SCHEMA__.append_events(
     p_versions integer[],
     p_payloads text[],
     p_metadata text[]
-) RETURNS TABLE (out_position bigint, out_version bigint, out_recorded_at timestamptz)
+) RETURNS TABLE (out_position bigint, out_version bigint, out_recorded_at timestamptz, out_replayed boolean)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -90,7 +90,7 @@ BEGIN
                   AND e.metadata = u.meta::jsonb;
             IF v_matching = n THEN
                 RETURN QUERY
-                    SELECT e.position, e.stream_version, e.recorded_at
+                    SELECT e.position, e.stream_version, e.recorded_at, true
                     FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
                     JOIN __SCHEMA__.events e ON e.event_id = u.id
                     ORDER BY u.ord;
@@ -139,7 +139,7 @@ BEGIN
                  WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord)
             RETURNING e.position, e.stream_version, e.recorded_at
         )
-        SELECT i.position, i.stream_version, i.recorded_at FROM inserted i ORDER BY i.position;
+        SELECT i.position, i.stream_version, i.recorded_at, false FROM inserted i ORDER BY i.position;
     UPDATE __SCHEMA__.streams s SET version = v_current + n WHERE s.stream_id = p_stream;
     PERFORM pg_notify('__CHANNEL__', '');
 END;

@@ -1,0 +1,268 @@
+//! Inline projections (a read model written in the append's transaction)
+//! and rebuilding a read model from zero while queries keep working.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use es_core::projection::{HandlerError, Projection, ProjectionOptions};
+use es_core::{
+    EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreError, StreamId,
+};
+use es_postgres::sqlx::{self, PgConnection};
+use es_postgres::PgEventStore;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, es_core::Event)]
+enum Ledger {
+    Credited { amount: i64 },
+}
+
+/// Sums credits per stream into `table`; refuses the amount 13.
+struct Totals {
+    name: &'static str,
+    table: String,
+}
+
+impl Projection for Totals {
+    type Event = Ledger;
+    type Sink = PgConnection;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &RecordedEvent<Ledger>,
+    ) -> Result<(), HandlerError> {
+        let Ledger::Credited { amount } = event.data;
+        if amount == 13 {
+            return Err("13 is refused".into());
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {t} (stream_id, total) VALUES ($1, $2) \
+             ON CONFLICT (stream_id) DO UPDATE SET total = {t}.total + excluded.total",
+            t = self.table
+        ))
+        .bind(event.stream_id.as_str())
+        .bind(amount)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn credit(amount: i64) -> NewEvent {
+    NewEvent::from_event(&Ledger::Credited { amount }, Metadata::new()).unwrap()
+}
+
+async fn totals(store: &PgEventStore, table: &str) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(&format!("SELECT stream_id, total FROM {table}"))
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn inline_store() -> (PgEventStore, String) {
+    // The schema exists once a first handle connected; then the table, then
+    // the handle with the inline projection.
+    let plain = common::fresh_store().await;
+    let table = format!("\"{}\".totals", plain.schema());
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (stream_id text PRIMARY KEY, total bigint NOT NULL)"
+    ))
+    .execute(plain.pool())
+    .await
+    .unwrap();
+    let store = PgEventStore::builder()
+        .schema(plain.schema())
+        .inline_projection(Totals {
+            name: "totals",
+            table: table.clone(),
+        })
+        .connect(&common::database_url())
+        .await
+        .unwrap();
+    (store, table)
+}
+
+#[tokio::test]
+async fn an_inline_read_model_is_current_when_the_append_returns() {
+    let (store, table) = inline_store().await;
+    let stream = StreamId::from("acct-1");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![credit(5), credit(7)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        totals(&store, &table).await,
+        BTreeMap::from([("acct-1".into(), 12)])
+    );
+
+    // A retried append is stored once and applied once.
+    let batch = vec![credit(100)];
+    store
+        .append(&stream, ExpectedVersion::Exact(2), batch.clone())
+        .await
+        .unwrap();
+    store
+        .append(&stream, ExpectedVersion::Exact(2), batch)
+        .await
+        .expect("a retry");
+    assert_eq!(totals(&store, &table).await["acct-1"], 112);
+}
+
+#[tokio::test]
+async fn a_failing_inline_projection_fails_the_append_and_stores_nothing() {
+    let (store, table) = inline_store().await;
+    let stream = StreamId::from("acct-1");
+    store
+        .append(&stream, ExpectedVersion::Any, vec![credit(1)])
+        .await
+        .unwrap();
+    let refused = store
+        .append(&stream, ExpectedVersion::Any, vec![credit(2), credit(13)])
+        .await;
+    match refused {
+        Err(StoreError::InlineProjectionFailed { projection, reason }) => {
+            assert_eq!(projection, "totals");
+            assert_eq!(reason, "13 is refused");
+        }
+        other => panic!("expected InlineProjectionFailed, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
+    assert_eq!(totals(&store, &table).await["acct-1"], 1);
+}
+
+#[tokio::test]
+async fn an_inline_projection_joins_the_callers_transaction() {
+    let (store, table) = inline_store().await;
+    let stream = StreamId::from("acct-1");
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .append_in(&mut tx, &stream, ExpectedVersion::Any, vec![credit(3)])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(totals(&store, &table).await.is_empty());
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .append_in(&mut tx, &stream, ExpectedVersion::Any, vec![credit(4)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(totals(&store, &table).await["acct-1"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_fills_new_tables_and_switches_while_queries_keep_working() {
+    let store = common::fresh_store().await;
+    let s = format!("\"{}\"", store.schema());
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {s}.totals_v1 (stream_id text PRIMARY KEY, total bigint NOT NULL, generation int NOT NULL DEFAULT 1);
+         CREATE TABLE {s}.totals_v2 (stream_id text PRIMARY KEY, total bigint NOT NULL, generation int NOT NULL DEFAULT 2);
+         CREATE VIEW {s}.totals AS SELECT * FROM {s}.totals_v1;"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..600i64 {
+        let stream = format!("acct-{}", i % 10);
+        *expected.entry(stream.clone()).or_default() += i + 100;
+        store
+            .append(
+                &StreamId::from(stream),
+                ExpectedVersion::Any,
+                vec![credit(i + 100)],
+            )
+            .await
+            .unwrap();
+    }
+    let v1 = store.run_projection(
+        Totals {
+            name: "totals_v1",
+            table: format!("{s}.totals_v1"),
+        },
+        ProjectionOptions::default(),
+    );
+    let head = store.head_position().await.unwrap();
+    v1.wait_for(head, Duration::from_secs(20)).await.unwrap();
+
+    // Readers query the view all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (store, stop, reads, s) = (store.clone(), stop.clone(), reads.clone(), s.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let total: Option<i64> =
+                    sqlx::query_scalar(&format!("SELECT sum(total)::bigint FROM {s}.totals"))
+                        .fetch_one(store.pool())
+                        .await
+                        .expect("the view answers during the rebuild");
+                assert!(total.is_some_and(|t| t > 0));
+                reads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut reports = Vec::new();
+    let v2 = store
+        .rebuild_projection(
+            Totals {
+                name: "totals_v2",
+                table: format!("{s}.totals_v2"),
+            },
+            ProjectionOptions::default().batch_size(20),
+            &format!("CREATE OR REPLACE VIEW {s}.totals AS SELECT * FROM {s}.totals_v2"),
+            |progress| reports.push(progress.clone()),
+        )
+        .await
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    reader.await.unwrap();
+    assert!(reads.load(Ordering::SeqCst) > 0);
+    let last = reports.last().expect("progress was reported");
+    assert_eq!(last.behind, 0);
+    assert_eq!(last.position, head);
+    assert_eq!(last.processed, 600);
+
+    let generation: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT DISTINCT generation FROM {s}.totals"))
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(generation, [2], "the view reads the rebuilt tables");
+    assert_eq!(totals(&store, &format!("{s}.totals")).await, expected);
+    // The new projection keeps running live.
+    let more = store
+        .append(
+            &StreamId::from("acct-0"),
+            ExpectedVersion::Any,
+            vec![credit(1)],
+        )
+        .await
+        .unwrap();
+    v2.wait_for(more[0].global_position, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        totals(&store, &format!("{s}.totals")).await["acct-0"],
+        expected["acct-0"] + 1
+    );
+    v1.stop().await;
+    v2.stop().await;
+}
