@@ -91,7 +91,8 @@ async fn a_command_stores_its_events_with_versions_positions_and_metadata() {
     let correlation = Uuid::now_v7();
     let context = CommandContext::new()
         .with_correlation_id(correlation)
-        .with("actor", "alice");
+        .with_actor("alice")
+        .with("tenant", "acme");
     let outcome = repo
         .execute_with(add("c1", 5), context.clone())
         .await
@@ -104,9 +105,11 @@ async fn a_command_stores_its_events_with_versions_positions_and_metadata() {
     assert_eq!((event.stream_version, event.global_position), (1, 2));
     assert_eq!(event.metadata.correlation_id, Some(correlation));
     assert_eq!(event.metadata.causation_id, Some(context.command_id));
+    assert_eq!(event.metadata.command_id, Some(context.command_id));
+    assert_eq!(event.metadata.actor.as_deref(), Some("alice"));
     assert_eq!(
-        event.metadata.get("actor"),
-        Some(&serde_json::json!("alice"))
+        event.metadata.get("tenant"),
+        Some(&serde_json::json!("acme"))
     );
     let stored = store.read_stream(&outcome.stream_id, 1, 10).await.unwrap();
     assert_eq!(

@@ -68,6 +68,34 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// The command id was already executed: nothing was appended; its
+    /// events are the stream's versions `first_version..=last_version`.
+    #[error("command {command_id} was already executed: it produced versions {first_version} to {last_version} of stream `{stream_id}`")]
+    CommandAlreadyExecuted {
+        /// The command's id.
+        command_id: Uuid,
+        /// The stream it changed.
+        stream_id: StreamId,
+        /// The first version it produced.
+        first_version: u64,
+        /// The last version it produced.
+        last_version: u64,
+    },
+
+    /// The stream is closed: it takes no more events.
+    #[error("stream `{stream_id}` is closed: it takes no more events")]
+    StreamClosed {
+        /// The closed stream.
+        stream_id: StreamId,
+    },
+
+    /// The store does not support this operation.
+    #[error("this event store does not support `{operation}`")]
+    Unsupported {
+        /// The operation.
+        operation: &'static str,
+    },
+
     /// The store could not be reached or the reply was lost. The operation
     /// may or may not have taken effect: retry it with the same event ids.
     #[error("event store unavailable: {0}")]
@@ -111,6 +139,9 @@ pub enum DecodeErrorKind {
     /// The payload does not match the event's fields.
     #[error("payload does not match the event: {0}")]
     Payload(#[source] serde_json::Error),
+    /// The event's personal data was erased; only its shape remains.
+    #[error("the event was erased")]
+    Erased,
 }
 
 impl DecodeErrorKind {

@@ -240,6 +240,9 @@ impl RecordedEvent<Payload> {
     /// Decodes the payload into a domain event; the error names the stream,
     /// version and event type.
     pub fn decode<E: Event>(&self) -> Result<RecordedEvent<E>, DecodeError> {
+        if self.metadata.erased_at.is_some() {
+            return Err(DecodeError::new(self, DecodeErrorKind::Erased));
+        }
         let data = E::decode(&self.event_type, self.schema_version, &self.data)
             .map_err(|kind| DecodeError::new(self, kind))?;
         Ok(self.with_data(data))

@@ -76,8 +76,10 @@ pub use aggregate::{Aggregate, Command};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
 pub use event::{Event, NewEvent, Payload, RecordedEvent};
 pub use metadata::{CommandContext, Metadata};
-pub use runtime::{CommandOutcome, Loaded, Repository, RetryPolicy};
-pub use store::{EventStore, EventStream, Snapshot, StreamAppend};
+pub use runtime::{AsOf, CommandOutcome, Loaded, Repository, RetryPolicy};
+pub use store::{
+    CommandRecord, EventStore, EventStream, JournalEntry, JournalOutcome, Snapshot, StreamAppend,
+};
 pub use version::{ExpectedVersion, StreamId};
 
 pub use es_macros::{Aggregate, Command, Event};

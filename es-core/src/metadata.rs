@@ -19,9 +19,9 @@ use uuid::Uuid;
 /// let correlation = Uuid::now_v7();
 /// let metadata = Metadata::new()
 ///     .with_correlation_id(correlation)
-///     .with("actor", "alice");
+///     .with("tenant", "acme");
 /// assert_eq!(metadata.correlation_id, Some(correlation));
-/// assert_eq!(metadata.get("actor"), Some(&serde_json::json!("alice")));
+/// assert_eq!(metadata.get("tenant"), Some(&serde_json::json!("acme")));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -31,6 +31,15 @@ pub struct Metadata {
     /// The command or event that directly caused this event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
+    /// The command that produced this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// Who asked: a user, a service, a process manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// When the event's personal data was erased (its payload is then `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<DateTime<Utc>>,
     /// When the event was produced (the command's time, not the store's).
     pub timestamp: DateTime<Utc>,
     /// Free user keys (actor, tenant, request id, …).
@@ -44,6 +53,9 @@ impl Metadata {
         Metadata {
             correlation_id: None,
             causation_id: None,
+            command_id: None,
+            actor: None,
+            erased_at: None,
             timestamp: Utc::now(),
             extra: BTreeMap::new(),
         }
@@ -61,7 +73,8 @@ impl Metadata {
         self
     }
 
-    /// Adds a user key.
+    /// Adds a user key. The names of the fields above are reserved: a user
+    /// key with one of them would read back as that field.
     pub fn with(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.extra.insert(key.into(), value.into());
         self
@@ -82,18 +95,26 @@ impl Default for Metadata {
 /// Who asked, and as part of what: given with a command, copied onto every
 /// event the command produces.
 ///
-/// The command id becomes each event's causation id; the correlation id is
-/// the given one, or the command id when the command starts a new business
-/// transaction.
+/// Each event records the command id. Its causation id is the event that
+/// caused the command (a process manager or projection reacting to an
+/// event: [`CommandContext::caused_by`]), or else the command itself. Its
+/// correlation id is the given one, or the command id when the command
+/// starts a new business transaction.
+///
+/// A command id given by the client makes the command idempotent: a command
+/// id that already produced events returns that first outcome and appends
+/// nothing.
 ///
 /// ```
 /// use es_core::CommandContext;
 ///
-/// let ctx = CommandContext::new().with("actor", "alice");
+/// let ctx = CommandContext::new().with_actor("alice").with("tenant", 7);
 /// let metadata = ctx.event_metadata();
+/// assert_eq!(metadata.command_id, Some(ctx.command_id));
 /// assert_eq!(metadata.causation_id, Some(ctx.command_id));
 /// assert_eq!(metadata.correlation_id, Some(ctx.command_id));
-/// assert_eq!(metadata.get("actor"), Some(&serde_json::json!("alice")));
+/// assert_eq!(metadata.actor.as_deref(), Some("alice"));
+/// assert_eq!(metadata.get("tenant"), Some(&serde_json::json!(7)));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandContext {
@@ -101,8 +122,16 @@ pub struct CommandContext {
     pub command_id: Uuid,
     /// The business transaction the command belongs to, if it continues one.
     pub correlation_id: Option<Uuid>,
-    /// Free user keys copied onto every event (actor, tenant, …).
+    /// The event that caused this command, if one did.
+    pub causation_id: Option<Uuid>,
+    /// Who asked.
+    pub actor: Option<String>,
+    /// Free user keys copied onto every event (tenant, request id, …).
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Whether the store records the command id, so that a repeat returns
+    /// the first outcome (set by [`CommandContext::with_command_id`]; always
+    /// on for aggregates that keep a journal).
+    pub idempotent: bool,
 }
 
 impl CommandContext {
@@ -111,13 +140,37 @@ impl CommandContext {
         CommandContext {
             command_id: Uuid::now_v7(),
             correlation_id: None,
+            causation_id: None,
+            actor: None,
             extra: BTreeMap::new(),
+            idempotent: false,
         }
     }
 
-    /// Uses a given command id.
+    /// The context of a command issued in reaction to `event` (by a process
+    /// manager or a projection): it continues the event's business
+    /// transaction, and the event is the cause of what the command produces.
+    pub fn caused_by<T>(event: &crate::event::RecordedEvent<T>) -> Self {
+        CommandContext {
+            correlation_id: Some(event.metadata.correlation_id.unwrap_or(event.event_id)),
+            causation_id: Some(event.event_id),
+            ..CommandContext::new()
+        }
+    }
+
+    /// Sets who asked.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Uses a given command id, and makes the command idempotent: if this
+    /// id already produced events, executing it again returns that first
+    /// outcome and appends nothing (the store enforces it, so concurrent
+    /// repeats are safe too).
     pub fn with_command_id(mut self, id: Uuid) -> Self {
         self.command_id = id;
+        self.idempotent = true;
         self
     }
 
@@ -137,7 +190,10 @@ impl CommandContext {
     pub fn event_metadata(&self) -> Metadata {
         Metadata {
             correlation_id: Some(self.correlation_id.unwrap_or(self.command_id)),
-            causation_id: Some(self.command_id),
+            causation_id: Some(self.causation_id.unwrap_or(self.command_id)),
+            command_id: Some(self.command_id),
+            actor: self.actor.clone(),
+            erased_at: None,
             timestamp: chrono::Utc::now(),
             extra: self.extra.clone(),
         }

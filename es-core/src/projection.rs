@@ -600,7 +600,9 @@ where
         let handles = self.projection.handles();
         batch
             .iter()
-            .filter(|e| handles.contains(&&*e.event_type))
+            // Erased events keep their place in the log but hold no data:
+            // the checkpoint moves past them.
+            .filter(|e| handles.contains(&&*e.event_type) && e.metadata.erased_at.is_none())
             .map(|e| {
                 e.decode::<P::Event>()
                     .map_err(|e| Box::new(e) as HandlerError)

@@ -10,7 +10,7 @@ use crate::error::{CommandError, StoreError};
 use crate::event::Payload;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::metadata::CommandContext;
-use crate::store::{EventStore, Snapshot};
+use crate::store::{CommandRecord, EventStore, JournalOutcome, Snapshot};
 use crate::version::{ExpectedVersion, StreamId};
 
 /// Events read per round trip when loading an aggregate.
@@ -132,6 +132,29 @@ pub struct Repository<A: Aggregate, S> {
     services: Arc<A::Services>,
     retry: RetryPolicy,
     snapshots: Option<SnapshotPolicy<A>>,
+    journal: Option<JournalPolicy<A>>,
+}
+
+/// How the command journal records commands.
+struct JournalPolicy<A: Aggregate> {
+    encode: fn(&A::Command) -> Result<String, serde_json::Error>,
+    rejections: bool,
+}
+
+impl<A: Aggregate> Clone for JournalPolicy<A> {
+    fn clone(&self) -> Self {
+        JournalPolicy { ..*self }
+    }
+}
+
+/// A point in an aggregate's past to load it at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// After this many events (stream version).
+    Version(u64),
+    /// After the longest prefix of the stream recorded at or before this
+    /// time.
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// When and how to snapshot an aggregate's state.
@@ -155,6 +178,7 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
             services: Arc::clone(&self.services),
             retry: self.retry,
             snapshots: self.snapshots.clone(),
+            journal: self.journal.clone(),
         }
     }
 }
@@ -175,7 +199,24 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             services: Arc::new(services),
             retry: RetryPolicy::default(),
             snapshots: None,
+            journal: None,
         }
+    }
+
+    /// Keeps a command journal: every accepted command is stored with its
+    /// id, type, payload, context and the versions it produced — and, with
+    /// `keep_rejections`, every refused one with its error — so an operator
+    /// can see what was asked and what it caused
+    /// ([`EventStore::command_journal`]). Journaled commands are idempotent.
+    pub fn with_journal(mut self, keep_rejections: bool) -> Self
+    where
+        A::Command: serde::Serialize,
+    {
+        self.journal = Some(JournalPolicy {
+            encode: |command| serde_json::to_string(command),
+            rejections: keep_rejections,
+        });
+        self
     }
 
     /// Snapshots the state every `every` events (in the stores that keep
@@ -211,6 +252,43 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Loads the aggregate instance `id` by applying every stored event.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
         self.load_stream(&A::stream_id(id)).await
+    }
+
+    /// Loads the aggregate as it was at a version or a time: for debugging
+    /// and audits. Snapshots are not used.
+    pub async fn load_as_of(
+        &self,
+        id: &str,
+        as_of: AsOf,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let stream_id = A::stream_id(id);
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            replayed: 0,
+        };
+        loop {
+            let page = self
+                .store
+                .read_stream(&stream_id, loaded.version + 1, LOAD_PAGE)
+                .await?;
+            let done = page.len() < LOAD_PAGE;
+            for recorded in &page {
+                let past = match as_of {
+                    AsOf::Version(version) => recorded.stream_version > version,
+                    AsOf::Time(time) => recorded.recorded_at > time,
+                };
+                if past {
+                    return Ok(loaded);
+                }
+                loaded.state.evolve(&recorded.decode::<A::Event>()?.data);
+                loaded.version = recorded.stream_version;
+                loaded.replayed += 1;
+            }
+            if done {
+                return Ok(loaded);
+            }
+        }
     }
 
     async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
@@ -272,15 +350,45 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         context: CommandContext,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let stream_id = A::stream_id(&command.aggregate_id());
+        let record = self.command_record(&command, &context)?;
+        if let Some(record) = &record {
+            if let Some(entry) = self.store.find_command(record.command_id).await? {
+                if let JournalOutcome::Accepted {
+                    first_version,
+                    last_version,
+                } = entry.outcome
+                {
+                    return self
+                        .first_outcome(entry.stream_id, first_version, last_version, 0)
+                        .await;
+                }
+            }
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
             let loaded = self.load_stream(&stream_id).await?;
-            let decided = loaded
-                .state
-                .decide(command.clone(), &self.services)
-                .await
-                .map_err(CommandError::Rejected)?;
+            let decided = match loaded.state.decide(command.clone(), &self.services).await {
+                Ok(decided) => decided,
+                Err(error) => {
+                    if let (
+                        Some(record),
+                        Some(JournalPolicy {
+                            rejections: true, ..
+                        }),
+                    ) = (&record, &self.journal)
+                    {
+                        if let Err(e) = self
+                            .store
+                            .record_rejected_command(record, &stream_id, &error.to_string())
+                            .await
+                        {
+                            tracing::warn!(stream = %stream_id, error = %e, "cannot journal a rejected command");
+                        }
+                    }
+                    return Err(CommandError::Rejected(error));
+                }
+            };
             if decided.is_empty() {
                 return Ok(CommandOutcome {
                     stream_id,
@@ -296,7 +404,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::at(loaded.version);
             match self
-                .append_resending(&stream_id, expected, new_events)
+                .append_resending(record.as_ref(), &stream_id, expected, new_events)
                 .await
             {
                 Ok(recorded) => {
@@ -331,9 +439,67 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         });
                     }
                 }
+                Err(StoreError::CommandAlreadyExecuted {
+                    stream_id,
+                    first_version,
+                    last_version,
+                    ..
+                }) => {
+                    return self
+                        .first_outcome(stream_id, first_version, last_version, attempts)
+                        .await
+                }
                 Err(other) => return Err(other.into()),
             }
         }
+    }
+
+    /// What the store records of this command, if anything.
+    fn command_record(
+        &self,
+        command: &A::Command,
+        context: &CommandContext,
+    ) -> Result<Option<CommandRecord>, CommandError<A::Error>> {
+        if self.journal.is_none() && !context.idempotent {
+            return Ok(None);
+        }
+        let payload = match &self.journal {
+            Some(journal) => Some(Payload::from_json_unchecked(
+                (journal.encode)(command).map_err(crate::error::EncodeError::from)?,
+            )),
+            None => None,
+        };
+        Ok(Some(CommandRecord {
+            command_id: context.command_id,
+            command_type: command.command_type().to_owned(),
+            payload,
+            metadata: context.event_metadata(),
+        }))
+    }
+
+    /// The outcome of a command executed before: its events, read back.
+    async fn first_outcome(
+        &self,
+        stream_id: StreamId,
+        first_version: u64,
+        last_version: u64,
+        attempts: u32,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let count = (last_version + 1).saturating_sub(first_version) as usize;
+        let stored = self
+            .store
+            .read_stream(&stream_id, first_version, count)
+            .await?;
+        let events = stored
+            .iter()
+            .map(|e| e.decode::<A::Event>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CommandOutcome {
+            stream_id,
+            events,
+            version: last_version,
+            attempts,
+        })
     }
 
     /// Saves a snapshot; a failure only costs a longer load later.
@@ -367,6 +533,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// re-sent append that had in fact succeeded return the first result.
     async fn append_resending(
         &self,
+        command: Option<&CommandRecord>,
         stream_id: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
@@ -374,7 +541,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut backoff = self.retry.initial_backoff;
         let mut retries = 0;
         loop {
-            match self.store.append(stream_id, expected, events.clone()).await {
+            let sent = match command {
+                Some(command) => {
+                    self.store
+                        .append_for_command(command, stream_id, expected, events.clone())
+                        .await
+                }
+                None => self.store.append(stream_id, expected, events.clone()).await,
+            };
+            match sent {
                 Err(e) if e.is_transient() && retries < self.retry.max_transient_retries => {
                     retries += 1;
                     tracing::warn!(stream = %stream_id, retries, error = %e, "append failed; re-sending");

@@ -10,10 +10,58 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{NewEvent, Payload, RecordedEvent};
+use crate::metadata::Metadata;
 use crate::version::{ExpectedVersion, StreamId};
+
+/// A command as a store records it: its id (so a repeat of an executed
+/// command is refused by the store itself), its type, and — for aggregates
+/// that keep a command journal — its payload and context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRecord {
+    /// The command's id.
+    pub command_id: Uuid,
+    /// The command's type name.
+    pub command_type: String,
+    /// The command as JSON, when the aggregate keeps a journal.
+    pub payload: Option<Payload>,
+    /// Who asked, correlation and causation, user keys.
+    pub metadata: Metadata,
+}
+
+/// What became of a journaled command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalOutcome {
+    /// Accepted: it produced the stream's versions `first..=last`.
+    Accepted {
+        /// The first version it produced.
+        first_version: u64,
+        /// The last version it produced.
+        last_version: u64,
+    },
+    /// Refused by the aggregate, with the domain error's text.
+    Rejected {
+        /// The error's text.
+        error: String,
+    },
+}
+
+/// One command in a stream's journal: what was asked, by whom, and what it
+/// caused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// The command as recorded.
+    pub command: CommandRecord,
+    /// The aggregate's stream.
+    pub stream_id: StreamId,
+    /// Accepted (with the versions it produced) or rejected.
+    pub outcome: JournalOutcome,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+}
 
 /// Events read per round trip by the streaming reads.
 const READ_PAGE: usize = 1024;
@@ -147,6 +195,121 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let _ = (stream_id, snapshot);
         async { Ok(()) }
+    }
+
+    /// Appends the events a command produced and records the command, all or
+    /// nothing. When the command id was already recorded as accepted,
+    /// nothing is appended and the error
+    /// [`StoreError::CommandAlreadyExecuted`] says where its events are. A
+    /// re-sent append (same event ids) returns the first result, as
+    /// [`EventStore::append`] does.
+    fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        let _ = (command, stream_id, expected, events);
+        async {
+            Err(StoreError::Unsupported {
+                operation: "append_for_command",
+            })
+        }
+    }
+
+    /// Records a command the aggregate refused (for journals that keep
+    /// rejections).
+    fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (command, stream_id, error);
+        async {
+            Err(StoreError::Unsupported {
+                operation: "record_rejected_command",
+            })
+        }
+    }
+
+    /// The recorded command with this id, if any.
+    fn find_command(
+        &self,
+        command_id: Uuid,
+    ) -> impl Future<Output = Result<Option<JournalEntry>, StoreError>> + Send {
+        let _ = command_id;
+        async { Ok(None) }
+    }
+
+    /// The commands recorded for a stream, oldest first.
+    fn command_journal(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send {
+        let _ = stream_id;
+        async {
+            Err(StoreError::Unsupported {
+                operation: "command_journal",
+            })
+        }
+    }
+
+    /// Every event of one business transaction (one correlation id), across
+    /// streams, in log order: its audit trail. The default reads the whole
+    /// log; stores index it.
+    fn read_correlation(
+        &self,
+        correlation_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        let log = self.log_events(0);
+        async move {
+            log.filter(|e| {
+                let keep = match e {
+                    Ok(e) => e.metadata.correlation_id == Some(correlation_id),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+        }
+    }
+
+    /// Closes a stream: every later append to it fails with
+    /// [`StoreError::StreamClosed`]; its events stay readable.
+    fn close_stream(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = stream_id;
+        async {
+            Err(StoreError::Unsupported {
+                operation: "close_stream",
+            })
+        }
+    }
+
+    /// Erases a stream's personal data: closes it, replaces every payload
+    /// with `{}`, drops the actor and user keys from the metadata, and
+    /// stamps `metadata.erased_at`. The events keep their ids, types,
+    /// versions and positions, so the log keeps its shape: projections skip
+    /// erased events (their checkpoints move past them) and loading the
+    /// aggregate fails with [`crate::DecodeErrorKind::Erased`]. Returns how
+    /// many events were erased.
+    fn erase_stream(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = stream_id;
+        async {
+            Err(StoreError::Unsupported {
+                operation: "erase_stream",
+            })
+        }
     }
 
     /// Streams one stream's events from `from_version` to its current end,

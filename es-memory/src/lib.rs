@@ -37,8 +37,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::Utc;
 use es_core::{
-    EventStore, EventStream, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StoreError,
-    StreamAppend, StreamId,
+    CommandRecord, EventStore, EventStream, ExpectedVersion, JournalEntry, JournalOutcome,
+    NewEvent, Payload, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -77,6 +77,12 @@ struct Log {
     ids: HashMap<Uuid, usize>,
     /// The latest snapshot of each stream that has one.
     snapshots: HashMap<StreamId, Snapshot>,
+    /// Recorded commands, oldest first.
+    journal: Vec<JournalEntry>,
+    /// Accepted command ids, as indices into `journal`.
+    accepted: HashMap<Uuid, usize>,
+    /// Streams that take no more events.
+    closed: HashSet<StreamId>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -116,7 +122,11 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn append_now(&self, writes: Vec<StreamAppend>) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+    fn append_now(
+        &self,
+        writes: Vec<StreamAppend>,
+        command: Option<&CommandRecord>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         let mut seen_ids = HashSet::new();
         let mut seen_streams = HashSet::with_capacity(writes.len());
         for write in &writes {
@@ -141,6 +151,26 @@ impl MemoryStore {
             if let Some(replayed) = log.replayed(&write.stream_id, &write.events)? {
                 plans.push(Err(replayed));
                 continue;
+            }
+            if let Some(first) = command.and_then(|c| log.accepted.get(&c.command_id)) {
+                let entry = &log.journal[*first];
+                if let JournalOutcome::Accepted {
+                    first_version,
+                    last_version,
+                } = entry.outcome
+                {
+                    return Err(StoreError::CommandAlreadyExecuted {
+                        command_id: entry.command.command_id,
+                        stream_id: entry.stream_id.clone(),
+                        first_version,
+                        last_version,
+                    });
+                }
+            }
+            if log.closed.contains(&write.stream_id) {
+                return Err(StoreError::StreamClosed {
+                    stream_id: write.stream_id.clone(),
+                });
             }
             let current = log.streams.get(&write.stream_id).map_or(0, Vec::len) as u64;
             if !write.expected.matches(current) {
@@ -194,6 +224,21 @@ impl MemoryStore {
                     indices.push(first_index + i);
                 }
                 all.extend(recorded.iter().cloned());
+            }
+            if let (Some(command), Some(first), Some(last)) =
+                (command, recorded.first(), recorded.last())
+            {
+                let index = log.journal.len();
+                log.accepted.insert(command.command_id, index);
+                log.journal.push(JournalEntry {
+                    command: command.clone(),
+                    stream_id: first.stream_id.clone(),
+                    outcome: JournalOutcome::Accepted {
+                        first_version: first.stream_version,
+                        last_version: last.stream_version,
+                    },
+                    recorded_at,
+                });
             }
             results.push(recorded);
         }
@@ -295,14 +340,114 @@ impl EventStore for MemoryStore {
             expected,
             events,
         };
-        Ok(self.append_now(vec![write])?.pop().unwrap_or_default())
+        Ok(self
+            .append_now(vec![write], None)?
+            .pop()
+            .unwrap_or_default())
     }
 
     async fn append_atomic(
         &self,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        self.append_now(appends)
+        self.append_now(appends, None)
+    }
+
+    async fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let write = StreamAppend {
+            stream_id: stream_id.clone(),
+            expected,
+            events,
+        };
+        Ok(self
+            .append_now(vec![write], Some(command))?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    async fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.write().journal.push(JournalEntry {
+            command: command.clone(),
+            stream_id: stream_id.clone(),
+            outcome: JournalOutcome::Rejected {
+                error: error.to_owned(),
+            },
+            recorded_at: Utc::now(),
+        });
+        Ok(())
+    }
+
+    async fn find_command(&self, command_id: Uuid) -> Result<Option<JournalEntry>, StoreError> {
+        let log = self.read();
+        if let Some(&i) = log.accepted.get(&command_id) {
+            return Ok(Some(log.journal[i].clone()));
+        }
+        Ok(log
+            .journal
+            .iter()
+            .rev()
+            .find(|e| e.command.command_id == command_id)
+            .cloned())
+    }
+
+    async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(self
+            .read()
+            .journal
+            .iter()
+            .filter(|e| e.stream_id == *stream_id)
+            .cloned()
+            .collect())
+    }
+
+    async fn read_correlation(
+        &self,
+        correlation_id: Uuid,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(self
+            .read()
+            .events
+            .iter()
+            .filter(|e| e.metadata.correlation_id == Some(correlation_id))
+            .cloned()
+            .collect())
+    }
+
+    async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        self.write().closed.insert(stream_id.clone());
+        Ok(())
+    }
+
+    async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        let mut log = self.write();
+        log.closed.insert(stream_id.clone());
+        let indices = log.streams.get(stream_id).cloned().unwrap_or_default();
+        let now = Utc::now();
+        for &i in &indices {
+            let event = &mut log.events[i];
+            event.data = Payload::from_json_unchecked("{}");
+            event.metadata.actor = None;
+            event.metadata.extra.clear();
+            event.metadata.erased_at = Some(now);
+        }
+        log.snapshots.remove(stream_id);
+        // Commands carry personal data too.
+        for entry in log.journal.iter_mut().filter(|e| e.stream_id == *stream_id) {
+            entry.command.payload = None;
+            entry.command.metadata.actor = None;
+        }
+        Ok(indices.len() as u64)
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {

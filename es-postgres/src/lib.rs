@@ -84,6 +84,7 @@
 
 #![warn(missing_docs)]
 
+mod journal;
 mod projection;
 mod setup;
 mod subscription;
@@ -96,8 +97,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    EventStore, EventStream, ExpectedVersion, Metadata, NewEvent, Payload, RecordedEvent, Snapshot,
-    StoreError, StreamAppend, StreamId,
+    CommandRecord, EventStore, EventStream, ExpectedVersion, JournalEntry, Metadata, NewEvent,
+    Payload, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
@@ -140,9 +141,11 @@ struct Options {
 
 struct Queries {
     append: String,
+    append_command: String,
     read_stream: String,
     read_all: String,
     readable_bound: String,
+    read_correlation: String,
     head_position: String,
     stream_version: String,
     load_snapshot: String,
@@ -159,6 +162,10 @@ impl Queries {
                 "SELECT out_position, out_version, out_recorded_at, out_replayed \
                  FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8)"
             ),
+            append_command: format!(
+                "SELECT out_position, out_version, out_recorded_at, out_replayed \
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ),
             read_stream: format!(
                 "SELECT {columns} FROM {s}.events e \
                  WHERE e.stream_id = $1 AND e.stream_version >= $2 \
@@ -170,6 +177,11 @@ impl Queries {
                  ORDER BY e.position LIMIT $2"
             ),
             readable_bound: format!("SELECT {s}.readable_bound()"),
+            read_correlation: format!(
+                "SELECT {columns} FROM {s}.events e \
+                 WHERE e.metadata ? 'correlation_id' AND e.metadata->>'correlation_id' = $1 \
+                 ORDER BY e.position"
+            ),
             head_position: format!(
                 "SELECT coalesce(max(e.position), 0) FROM {s}.events e \
                  WHERE e.position < {s}.readable_bound()"
@@ -414,7 +426,8 @@ impl PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         check_batch(stream_id, &events)?;
-        self.append_on(conn, stream_id, expected, events).await
+        self.append_on(conn, stream_id, expected, events, None)
+            .await
     }
 
     /// [`EventStore::append_atomic`] inside the caller's transaction.
@@ -435,7 +448,13 @@ impl PgEventStore {
                 continue;
             };
             let recorded = self
-                .append_on(&mut *conn, &write.stream_id, write.expected, write.events)
+                .append_on(
+                    &mut *conn,
+                    &write.stream_id,
+                    write.expected,
+                    write.events,
+                    None,
+                )
                 .await?;
             results[i] = Some(recorded);
         }
@@ -489,13 +508,14 @@ impl PgEventStore {
         stream_id: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        command: Option<&CommandRecord>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let args = AppendArgs::new(stream_id, expected, &events)?;
+        let args = AppendArgs::new(stream_id, expected, &events)?.with_command(command)?;
         let rows = args
-            .query(&self.inner.queries.append)
+            .query(&self.inner.queries)
             .fetch_all(&mut *conn)
             .await
-            .map_err(|e| append_error(e, stream_id, expected))?;
+            .map_err(|e| append_error(e, stream_id, expected, command))?;
         let (recorded, replayed) = recorded_from_append(stream_id, events, rows)?;
         if !replayed {
             self.apply_inline(conn, &recorded).await?;
@@ -526,6 +546,7 @@ impl PgEventStore {
         stream_id: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        command: Option<&CommandRecord>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         check_batch(stream_id, &events)?;
         if !self.inner.inline.is_empty() {
@@ -536,24 +557,30 @@ impl PgEventStore {
                 .begin()
                 .await
                 .map_err(unavailable_or_backend)?;
-            let recorded = self.append_on(&mut tx, stream_id, expected, events).await?;
+            let recorded = self
+                .append_on(&mut tx, stream_id, expected, events, command)
+                .await?;
             tx.commit().await.map_err(unavailable_or_backend)?;
             self.note_appended(&recorded);
             return Ok(recorded);
         }
-        let args = AppendArgs::new(stream_id, expected, &events)?;
+        let args = AppendArgs::new(stream_id, expected, &events)?.with_command(command)?;
         let mut attempt = 0;
         let rows = loop {
             attempt += 1;
             match args
-                .query(&self.inner.queries.append)
+                .query(&self.inner.queries)
                 .fetch_all(&self.inner.pool)
                 .await
             {
-                // Another append stored one of these ids concurrently: run
-                // again, and the function tells a retry from a reuse.
-                Err(e) if attempt < 3 && is_unique_violation(&e, "events_event_id_key") => {}
-                other => break other.map_err(|e| append_error(e, stream_id, expected))?,
+                // Another append stored one of these event ids (or this
+                // command id) concurrently: run again, and the function
+                // tells a retry from a reuse.
+                Err(e)
+                    if attempt < 3
+                        && (is_unique_violation(&e, "events_event_id_key")
+                            || is_unique_violation(&e, "commands_accepted_key")) => {}
+                other => break other.map_err(|e| append_error(e, stream_id, expected, command))?,
             }
         };
         let (recorded, _replayed) = recorded_from_append(stream_id, events, rows)?;
@@ -619,7 +646,64 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.append_pooled(stream_id, expected, events).await
+        self.append_pooled(stream_id, expected, events, None).await
+    }
+
+    async fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.append_pooled(stream_id, expected, events, Some(command))
+            .await
+    }
+
+    async fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        journal::record_rejected(self, command, stream_id, error).await
+    }
+
+    async fn find_command(
+        &self,
+        command_id: uuid::Uuid,
+    ) -> Result<Option<JournalEntry>, StoreError> {
+        journal::find(self, command_id).await
+    }
+
+    async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        journal::of_stream(self, stream_id).await
+    }
+
+    async fn read_correlation(
+        &self,
+        correlation_id: uuid::Uuid,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&self.inner.queries.read_correlation)
+            .bind(correlation_id.to_string())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(unavailable_or_backend)?;
+        rows.iter().map(recorded_from_row).collect()
+    }
+
+    async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?;
+        journal::close(self, stream_id, &mut conn).await
+    }
+
+    async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        journal::erase(self, stream_id).await
     }
 
     async fn append_atomic(
@@ -739,6 +823,15 @@ struct AppendArgs<'a> {
     versions: Vec<i32>,
     payloads: Vec<&'a str>,
     metadata: Vec<String>,
+    command: Option<CommandArgs<'a>>,
+}
+
+/// The command recorded with an append.
+struct CommandArgs<'a> {
+    id: uuid::Uuid,
+    command_type: &'a str,
+    payload: Option<&'a str>,
+    metadata: String,
 }
 
 impl<'a> AppendArgs<'a> {
@@ -766,6 +859,7 @@ impl<'a> AppendArgs<'a> {
             versions: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
             metadata: Vec::with_capacity(events.len()),
+            command: None,
         };
         for e in events {
             args.ids.push(e.event_id);
@@ -787,11 +881,28 @@ impl<'a> AppendArgs<'a> {
         Ok(args)
     }
 
+    fn with_command(mut self, command: Option<&'a CommandRecord>) -> Result<Self, StoreError> {
+        if let Some(c) = command {
+            self.command = Some(CommandArgs {
+                id: c.command_id,
+                command_type: &c.command_type,
+                payload: c.payload.as_ref().map(Payload::as_str),
+                metadata: serde_json::to_string(&c.metadata)
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?,
+            });
+        }
+        Ok(self)
+    }
+
     fn query<'q>(
         &'q self,
-        sql: &'q str,
+        queries: &'q Queries,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        sqlx::query(sql)
+        let sql = match self.command {
+            Some(_) => &queries.append_command,
+            None => &queries.append,
+        };
+        let query = sqlx::query(sql)
             .bind(self.stream_id)
             .bind(self.kind)
             .bind(self.expected)
@@ -799,7 +910,15 @@ impl<'a> AppendArgs<'a> {
             .bind(&self.types)
             .bind(&self.versions)
             .bind(&self.payloads)
-            .bind(&self.metadata)
+            .bind(&self.metadata);
+        match &self.command {
+            Some(c) => query
+                .bind(c.id)
+                .bind(c.command_type)
+                .bind(c.payload)
+                .bind(&c.metadata),
+            None => query,
+        }
     }
 }
 
@@ -918,7 +1037,12 @@ fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
 }
 
 /// Maps an error of `append_events(...)` to the store's typed errors.
-fn append_error(error: sqlx::Error, stream_id: &StreamId, expected: ExpectedVersion) -> StoreError {
+fn append_error(
+    error: sqlx::Error,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    command: Option<&CommandRecord>,
+) -> StoreError {
     if let sqlx::Error::Database(db) = &error {
         let detail = db
             .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
@@ -944,6 +1068,20 @@ fn append_error(error: sqlx::Error, stream_id: &StreamId, expected: ExpectedVers
                     stored_version: d["stream_version"].as_u64().unwrap_or_default(),
                     reason: d["reason"].as_str().unwrap_or_default().to_owned(),
                 };
+            }
+            Some("ESCMD") => {
+                let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
+                return StoreError::CommandAlreadyExecuted {
+                    command_id: command.map(|c| c.command_id).unwrap_or_default(),
+                    stream_id: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
+                    first_version: d["first_version"].as_u64().unwrap_or_default(),
+                    last_version: d["last_version"].as_u64().unwrap_or_default(),
+                };
+            }
+            Some("ESCLS") => {
+                return StoreError::StreamClosed {
+                    stream_id: stream_id.clone(),
+                }
             }
             Some("ESINV") => {
                 return StoreError::InvalidAppend {

@@ -8,7 +8,8 @@ CREATE SCHEMA IF NOT EXISTS __SCHEMA__;
 -- version; appends to different streams never wait for each other.
 CREATE TABLE IF NOT EXISTS __SCHEMA__.streams (
     stream_id text PRIMARY KEY,
-    version bigint NOT NULL CHECK (version >= 0)
+    version bigint NOT NULL CHECK (version >= 0),
+    closed boolean NOT NULL DEFAULT false       -- a closed stream takes no more events
 );
 
 -- The log. `position` is the global position: the appending transaction's
@@ -29,6 +30,33 @@ CREATE TABLE IF NOT EXISTS __SCHEMA__.events (
     CONSTRAINT events_event_id_key UNIQUE (event_id),                           -- idempotent retries; a stored id cannot come back
     CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)     -- read_stream index; no version twice
 );
+
+-- The audit trail of one business transaction: its events across streams.
+CREATE INDEX IF NOT EXISTS events_correlation_idx
+    ON __SCHEMA__.events ((metadata->>'correlation_id'), position)
+    WHERE metadata ? 'correlation_id';
+
+-- Commands: every command executed with a client-given id (idempotency)
+-- and, for aggregates that keep a journal, every command with its payload
+-- and, optionally, the rejected ones with their errors.
+CREATE TABLE IF NOT EXISTS __SCHEMA__.commands (
+    seq bigserial PRIMARY KEY,                  -- journal order
+    command_id uuid NOT NULL,
+    command_type text NOT NULL,
+    stream_id text NOT NULL,
+    outcome text NOT NULL CHECK (outcome IN ('accepted', 'rejected')),
+    first_version bigint,
+    last_version bigint,
+    error text,
+    payload jsonb,
+    metadata jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+-- A command id is accepted once: the database refuses a second execution.
+CREATE UNIQUE INDEX IF NOT EXISTS commands_accepted_key
+    ON __SCHEMA__.commands (command_id) WHERE outcome = 'accepted';
+-- One stream's journal, in order.
+CREATE INDEX IF NOT EXISTS commands_stream_idx ON __SCHEMA__.commands (stream_id, seq);
 
 -- The latest snapshot of a stream's aggregate state.
 CREATE TABLE IF NOT EXISTS __SCHEMA__.snapshots (
@@ -51,13 +79,19 @@ CREATE OR REPLACE FUNCTION __SCHEMA__.append_events(
     p_types text[],
     p_versions integer[],
     p_payloads text[],
-    p_metadata text[]
+    p_metadata text[],
+    p_command_id uuid DEFAULT NULL,
+    p_command_type text DEFAULT NULL,
+    p_command_payload text DEFAULT NULL,
+    p_command_metadata text DEFAULT NULL
 ) RETURNS TABLE (out_position bigint, out_version bigint, out_recorded_at timestamptz, out_replayed boolean)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     n integer := coalesce(array_length(p_ids, 1), 0);
     v_current bigint;
+    v_closed boolean;
+    v_command record;
     v_found integer;
     v_first record;
     v_matching integer;
@@ -68,7 +102,7 @@ BEGIN
     -- below runs after any concurrent append to this stream has finished.
     INSERT INTO __SCHEMA__.streams AS s (stream_id, version) VALUES (p_stream, 0)
         ON CONFLICT (stream_id) DO NOTHING;
-    SELECT s.version INTO v_current FROM __SCHEMA__.streams s
+    SELECT s.version, s.closed INTO v_current, v_closed FROM __SCHEMA__.streams s
         WHERE s.stream_id = p_stream FOR UPDATE;
 
     -- A retry of an append already stored returns it as first stored.
@@ -109,6 +143,24 @@ BEGIN
         END IF;
     END IF;
 
+    -- A command id executed before: its events, not new ones.
+    IF p_command_id IS NOT NULL THEN
+        SELECT c.stream_id, c.first_version, c.last_version INTO v_command
+            FROM __SCHEMA__.commands c
+            WHERE c.command_id = p_command_id AND c.outcome = 'accepted';
+        IF FOUND THEN
+            RAISE EXCEPTION 'command % was already executed', p_command_id
+                USING ERRCODE = 'ESCMD',
+                      DETAIL = json_build_object(
+                          'stream_id', v_command.stream_id,
+                          'first_version', v_command.first_version,
+                          'last_version', v_command.last_version)::text;
+        END IF;
+    END IF;
+    IF v_closed THEN
+        RAISE EXCEPTION 'stream % is closed', p_stream USING ERRCODE = 'ESCLS';
+    END IF;
+
     IF NOT (p_expected_kind = 0
             OR (p_expected_kind = 1 AND v_current = 0)
             OR (p_expected_kind = 2 AND v_current > 0)
@@ -141,6 +193,12 @@ BEGIN
         )
         SELECT i.position, i.stream_version, i.recorded_at, false FROM inserted i ORDER BY i.position;
     UPDATE __SCHEMA__.streams s SET version = v_current + n WHERE s.stream_id = p_stream;
+    IF p_command_id IS NOT NULL THEN
+        INSERT INTO __SCHEMA__.commands
+            (command_id, command_type, stream_id, outcome, first_version, last_version, payload, metadata)
+        VALUES (p_command_id, p_command_type, p_stream, 'accepted', v_current + 1, v_current + n,
+                p_command_payload::jsonb, p_command_metadata::jsonb);
+    END IF;
     PERFORM pg_notify('__CHANNEL__', '');
 END;
 $fn$;

@@ -190,10 +190,10 @@ pub async fn append_assigns_contiguous_versions_from_one<S: EventStore>(store: S
 /// and from the global log, and the store stamps a recording time.
 pub async fn recorded_events_keep_every_field<S: EventStore>(store: S) {
     let stream = StreamId::from("order-ü-1");
-    let metadata = Metadata::new()
+    let mut metadata = Metadata::new()
         .with_correlation_id(Uuid::now_v7())
         .with_causation_id(Uuid::now_v7())
-        .with("actor", "alice")
+        .with("user", "alice")
         .with(
             "nested",
             serde_json::json!({ "tenant": 7, "tags": ["a", "b"] }),
@@ -204,6 +204,8 @@ pub async fn recorded_events_keep_every_field<S: EventStore>(store: S) {
         "neg": -1.5,
         "list": [1, null, true],
     }));
+    metadata.command_id = Some(Uuid::now_v7());
+    metadata.actor = Some("the billing service".into());
     let new = NewEvent::raw("OrderPlaced", 3, payload.clone(), metadata.clone());
     let before = chrono::Utc::now() - chrono::Duration::seconds(5);
     let recorded = store
@@ -236,6 +238,8 @@ pub async fn recorded_events_keep_every_field<S: EventStore>(store: S) {
     assert_eq!(stored.data.to_value(), payload.to_value());
     assert_eq!(stored.metadata.correlation_id, metadata.correlation_id);
     assert_eq!(stored.metadata.causation_id, metadata.causation_id);
+    assert_eq!(stored.metadata.command_id, metadata.command_id);
+    assert_eq!(stored.metadata.actor, metadata.actor);
     assert_eq!(stored.metadata.extra, metadata.extra);
     let drift = (stored.metadata.timestamp - metadata.timestamp).num_microseconds();
     assert!(
