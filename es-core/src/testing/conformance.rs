@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{NewEvent, Payload, RecordedEvent};
 use crate::metadata::Metadata;
-use crate::store::{EventStore, Snapshot, StreamAppend};
+use crate::store::{CommandRecord, EventStore, JournalOutcome, Snapshot, StreamAppend};
 use crate::version::{ExpectedVersion, StreamId};
 
 /// How many tasks the concurrency clauses run at once.
@@ -65,6 +65,12 @@ macro_rules! conformance_suite {
             concurrent_atomic_transfers_are_never_half_stored,
             snapshots_keep_the_latest,
             streamed_reads_page_through_everything,
+            a_command_id_is_executed_once,
+            concurrent_repeats_of_one_command_append_once,
+            the_journal_lists_accepted_and_rejected_commands,
+            correlation_reads_one_business_transaction,
+            a_closed_stream_takes_no_more_events,
+            erasing_a_stream_keeps_the_log_shape,
         );
     };
     (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
@@ -1054,4 +1060,358 @@ pub async fn streamed_reads_page_through_everything<S: EventStore>(store: S) {
         .collect()
         .await;
     assert_eq!(ids(&log), ids(&streamed));
+}
+
+fn command(id: Uuid, payload: Option<serde_json::Value>) -> CommandRecord {
+    let mut metadata = Metadata::new().with_correlation_id(id);
+    metadata.command_id = Some(id);
+    metadata.actor = Some("alice".into());
+    CommandRecord {
+        command_id: id,
+        command_type: "Deposit".into(),
+        payload: payload.as_ref().map(Payload::from_value),
+        metadata,
+    }
+}
+
+/// A command id produces events once: a second execution (new event ids)
+/// is refused with where the first one's events are, and appends nothing.
+pub async fn a_command_id_is_executed_once<S: EventStore>(store: S) {
+    let stream = StreamId::from("cmd-1");
+    let record = command(Uuid::now_v7(), None);
+    let first = store
+        .append_for_command(&record, &stream, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    assert_eq!(versions(&first), [1, 2]);
+    let again = store
+        .append_for_command(&record, &stream, ExpectedVersion::Any, events(2..3))
+        .await;
+    match again {
+        Err(StoreError::CommandAlreadyExecuted {
+            command_id,
+            stream_id,
+            first_version,
+            last_version,
+        }) => {
+            assert_eq!(command_id, record.command_id);
+            assert_eq!(stream_id, stream);
+            assert_eq!((first_version, last_version), (1, 2));
+        }
+        other => panic!("expected CommandAlreadyExecuted, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    let found = store
+        .find_command(record.command_id)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(found.stream_id, stream);
+    assert_eq!(
+        found.outcome,
+        JournalOutcome::Accepted {
+            first_version: 1,
+            last_version: 2
+        }
+    );
+    assert_eq!(store.find_command(Uuid::now_v7()).await.unwrap(), None);
+    // A re-sent append of the first execution (same event ids) is still a
+    // retry, not a second execution.
+    let resent = store
+        .append_for_command(
+            &record,
+            &stream,
+            ExpectedVersion::NoStream,
+            first
+                .iter()
+                .zip(events(0..2))
+                .map(|(f, e)| NewEvent {
+                    event_id: f.event_id,
+                    metadata: f.metadata.clone(),
+                    payload: f.data.clone(),
+                    ..e
+                })
+                .collect(),
+        )
+        .await
+        .expect("a re-sent append is a retry");
+    assert_eq!(ids(&resent), ids(&first));
+}
+
+/// The same command sent by many tasks at once appends once; every other
+/// sender learns where its events are.
+pub async fn concurrent_repeats_of_one_command_append_once<S: EventStore>(store: S) {
+    let stream = StreamId::from("cmd-storm");
+    let record = command(Uuid::now_v7(), None);
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENT_TASKS as u64 {
+        let store = store.clone();
+        let stream = stream.clone();
+        let record = record.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_for_command(
+                    &record,
+                    &stream,
+                    ExpectedVersion::Any,
+                    events(task * 10..task * 10 + 3),
+                )
+                .await
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.expect("sender task") {
+            Ok(recorded) => {
+                accepted += 1;
+                assert_eq!(versions(&recorded), [1, 2, 3]);
+            }
+            Err(StoreError::CommandAlreadyExecuted {
+                first_version,
+                last_version,
+                ..
+            }) => {
+                assert_eq!((first_version, last_version), (1, 3));
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(accepted, 1, "exactly one execution");
+    assert_eq!(read_whole_stream(&store, &stream).await.len(), 3);
+}
+
+/// The journal lists a stream's commands in order: accepted ones with the
+/// versions they produced, rejected ones with their error, each with its
+/// payload and context.
+pub async fn the_journal_lists_accepted_and_rejected_commands<S: EventStore>(store: S) {
+    let stream = StreamId::from("journal-1");
+    let accepted = command(Uuid::now_v7(), Some(serde_json::json!({ "amount": 5 })));
+    let rejected = command(Uuid::now_v7(), Some(serde_json::json!({ "amount": 500 })));
+    store
+        .append_for_command(&accepted, &stream, ExpectedVersion::NoStream, events(0..1))
+        .await
+        .unwrap();
+    store
+        .record_rejected_command(&rejected, &stream, "insufficient funds")
+        .await
+        .unwrap();
+    let journal = store.command_journal(&stream).await.unwrap();
+    assert_eq!(journal.len(), 2);
+    assert_eq!(journal[0].command.command_id, accepted.command_id);
+    assert_eq!(
+        journal[0].outcome,
+        JournalOutcome::Accepted {
+            first_version: 1,
+            last_version: 1
+        }
+    );
+    assert_eq!(journal[0].command.command_type, "Deposit");
+    assert_eq!(
+        journal[0].command.payload.as_ref().map(Payload::to_value),
+        Some(serde_json::json!({ "amount": 5 }))
+    );
+    assert_eq!(journal[0].command.metadata.actor.as_deref(), Some("alice"));
+    assert_eq!(journal[1].command.command_id, rejected.command_id);
+    assert_eq!(
+        journal[1].outcome,
+        JournalOutcome::Rejected {
+            error: "insufficient funds".into()
+        }
+    );
+    assert!(store
+        .command_journal(&StreamId::from("journal-2"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// One correlation id's events, across streams, in log order.
+pub async fn correlation_reads_one_business_transaction<S: EventStore>(store: S) {
+    let correlation = Uuid::now_v7();
+    let correlated = |n: u64| {
+        NewEvent::raw(
+            "Tested",
+            1,
+            Payload::from_value(&serde_json::json!({ "n": n })),
+            Metadata::new().with_correlation_id(correlation),
+        )
+    };
+    let mut expected = Vec::new();
+    for round in 0..3u64 {
+        store
+            .append(
+                &StreamId::from("noise"),
+                ExpectedVersion::Any,
+                events(round..round + 1),
+            )
+            .await
+            .unwrap();
+        let a = store
+            .append(
+                &StreamId::from("order-1"),
+                ExpectedVersion::Any,
+                vec![correlated(round)],
+            )
+            .await
+            .unwrap();
+        let b = store
+            .append(
+                &StreamId::from("payment-1"),
+                ExpectedVersion::Any,
+                vec![correlated(round + 10)],
+            )
+            .await
+            .unwrap();
+        expected.extend(ids(&a));
+        expected.extend(ids(&b));
+    }
+    let trail = store.read_correlation(correlation).await.unwrap();
+    assert_eq!(ids(&trail), expected);
+    assert!(trail
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
+    assert!(store
+        .read_correlation(Uuid::now_v7())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A closed stream refuses appends, with a typed error; its events stay
+/// readable and other streams are not affected.
+pub async fn a_closed_stream_takes_no_more_events<S: EventStore>(store: S) {
+    let stream = StreamId::from("closing-1");
+    store
+        .append(&stream, ExpectedVersion::Any, events(0..2))
+        .await
+        .unwrap();
+    store.close_stream(&stream).await.unwrap();
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(2), events(2..3))
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::StreamClosed { stream_id }) if *stream_id == stream),
+        "got {refused:?}"
+    );
+    let refused = store
+        .append_for_command(
+            &command(Uuid::now_v7(), None),
+            &stream,
+            ExpectedVersion::Any,
+            events(2..3),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::StreamClosed { .. })),
+        "got {refused:?}"
+    );
+    assert_eq!(versions(&read_whole_stream(&store, &stream).await), [1, 2]);
+    store
+        .append(
+            &StreamId::from("closing-2"),
+            ExpectedVersion::Any,
+            events(0..1),
+        )
+        .await
+        .expect("other streams are open");
+}
+
+/// Erasing a stream blanks its payloads and personal metadata but keeps
+/// every event's id, type, version and position; the stream is closed and
+/// its events no longer decode.
+pub async fn erasing_a_stream_keeps_the_log_shape<S: EventStore>(store: S) {
+    let stream = StreamId::from("person-1");
+    let personal = |n: u64| {
+        let mut metadata = Metadata::new().with("email", "ada@example.com");
+        metadata.actor = Some("ada".into());
+        NewEvent::raw(
+            "Tested",
+            1,
+            Payload::from_value(&serde_json::json!({ "n": n, "name": "Ada" })),
+            metadata,
+        )
+    };
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            (0..3).map(personal).collect(),
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &StreamId::from("other"),
+            ExpectedVersion::Any,
+            vec![personal(9)],
+        )
+        .await
+        .unwrap();
+    let before = read_whole_stream(&store, &stream).await;
+    assert_eq!(store.erase_stream(&stream).await.unwrap(), 3);
+    let after = read_whole_stream(&store, &stream).await;
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(versions(&after), versions(&before));
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.global_position, b.global_position);
+        assert_eq!(a.event_type, b.event_type);
+        assert_eq!(a.data.to_value(), serde_json::json!({}));
+        assert!(a.metadata.erased_at.is_some());
+        assert_eq!(a.metadata.actor, None);
+        assert!(
+            a.metadata.extra.is_empty(),
+            "user keys are erased: {:?}",
+            a.metadata.extra
+        );
+        assert!(matches!(
+            a.decode::<crate::testing::conformance::Probe>()
+                .map_err(|e| e.kind),
+            Err(crate::DecodeErrorKind::Erased)
+        ));
+    }
+    let refused = store
+        .append(&stream, ExpectedVersion::Any, events(0..1))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::StreamClosed { .. })),
+        "erased streams are closed"
+    );
+    let other = read_whole_stream(&store, &StreamId::from("other")).await;
+    assert_eq!(
+        other[0].data.to_value()["name"],
+        "Ada",
+        "other streams keep their data"
+    );
+    assert_eq!(
+        read_whole_log(&store).await.len(),
+        4,
+        "the log keeps its shape"
+    );
+}
+
+/// An event type for the decoding checks of the suite.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[doc(hidden)]
+pub struct Probe {
+    n: u64,
+}
+
+impl crate::Event for Probe {
+    const EVENT_TYPES: &'static [&'static str] = &["Tested"];
+
+    fn event_type(&self) -> &'static str {
+        "Tested"
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn encode(&self) -> Result<Payload, crate::EncodeError> {
+        crate::event::encode_struct(self)
+    }
+
+    fn decode(_: &str, _: u32, payload: &Payload) -> Result<Self, crate::DecodeErrorKind> {
+        crate::event::decode_struct(payload)
+    }
 }
