@@ -49,6 +49,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "CASE WHEN u.ord = 1 THEN v_next ELSE nextval('__SCHEMA__.naive_position') END, u.id",
         )
         .replace("IF v_next + n > v_base + 1048576 THEN", "IF false THEN")
+        .replace(
+            "IF v_last_position >= v_base + 1048576 THEN",
+            "IF false THEN",
+        )
         .replace("__SCHEMA__", "\"es_bench_seq\"")
         .replace("__CHANNEL__", "es_bench_seq_events");
     es_postgres::sqlx::raw_sql(&format!(

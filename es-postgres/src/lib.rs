@@ -438,9 +438,23 @@ impl PgEventStore {
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         check_atomic(&appends)?;
         // Lock streams in one order everywhere, so two transfers in
-        // opposite directions cannot deadlock.
+        // opposite directions cannot deadlock; and lock them all before the
+        // first write, which gives the transaction its id (and so its
+        // positions) only once no other append to these streams can run.
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream_id.cmp(&appends[b].stream_id));
+        let sorted: Vec<&str> = order
+            .iter()
+            .map(|&i| appends[i].stream_id.as_str())
+            .collect();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('es-stream ' || s, 0)) \
+             FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n",
+        )
+        .bind(&sorted)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable_or_backend)?;
         let mut results: Vec<Option<Vec<RecordedEvent>>> = vec![None; appends.len()];
         let mut appends: Vec<Option<StreamAppend>> = appends.into_iter().map(Some).collect();
         for i in order {
@@ -458,7 +472,12 @@ impl PgEventStore {
                 .await?;
             results[i] = Some(recorded);
         }
-        Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+        let results: Vec<Vec<RecordedEvent>> =
+            results.into_iter().map(Option::unwrap_or_default).collect();
+        for recorded in &results {
+            self.note_appended(recorded);
+        }
+        Ok(results)
     }
 
     /// What the global log's readers can read, and what holds them back.
@@ -600,13 +619,35 @@ impl PgEventStore {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (events, bad) = self.read_log_until_bad(from_position, limit).await?;
+        match bad {
+            Some(error) => Err(error),
+            None => Ok(events),
+        }
+    }
+
+    /// Reads the readable part of the global log, without waiting: the
+    /// events before the first row that cannot be read, and that row's
+    /// error.
+    pub(crate) async fn read_log_until_bad(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<StoreError>), StoreError> {
         let rows = sqlx::query(&self.inner.queries.read_all)
             .bind(to_i64(from_position))
             .bind(to_i64(limit as u64))
             .fetch_all(&self.inner.pool)
             .await
             .map_err(unavailable_or_backend)?;
-        rows.iter().map(recorded_from_row).collect()
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match recorded_from_row(row) {
+                Ok(event) => events.push(event),
+                Err(error) => return Ok((events, Some(error))),
+            }
+        }
+        Ok((events, None))
     }
 
     /// Waits until this handle's own appends are readable (bounded).
@@ -922,7 +963,31 @@ impl<'a> AppendArgs<'a> {
     }
 }
 
+/// The longest stream id the store takes, in bytes (its btree indexes
+/// hold at most about 2,700 bytes per entry).
+pub const MAX_STREAM_ID_BYTES: usize = 2048;
+
+fn check_stream_id(stream_id: &StreamId) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::InvalidAppend {
+        stream_id: stream_id.clone(),
+        reason,
+    };
+    let len = stream_id.as_str().len();
+    if len > MAX_STREAM_ID_BYTES {
+        return Err(invalid(format!(
+            "a stream id may have at most {MAX_STREAM_ID_BYTES} bytes in PostgreSQL; this one has {len}"
+        )));
+    }
+    if stream_id.as_str().contains('\0') {
+        return Err(invalid(
+            "PostgreSQL cannot store a NUL character in a stream id".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_batch(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    check_stream_id(stream_id)?;
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     if let Some(dup) = events.iter().find(|e| !seen.insert(e.event_id)) {
         return Err(StoreError::InvalidAppend {
@@ -937,6 +1002,7 @@ fn check_atomic(appends: &[StreamAppend]) -> Result<(), StoreError> {
     let mut streams = std::collections::HashSet::with_capacity(appends.len());
     let mut ids = std::collections::HashSet::new();
     for write in appends {
+        check_stream_id(&write.stream_id)?;
         if !streams.insert(&write.stream_id) {
             return Err(StoreError::InvalidAppend {
                 stream_id: write.stream_id.clone(),
@@ -1089,6 +1155,17 @@ fn append_error(
                     reason: db.message().to_owned(),
                 }
             }
+            // NUL characters, or a stream id too long for an index entry.
+            Some("22021" | "22P05" | "54000") => {
+                return StoreError::InvalidAppend {
+                    stream_id: stream_id.clone(),
+                    reason: format!(
+                        "PostgreSQL cannot store this append (NUL characters are not allowed, \
+                         and stream ids are limited to about 2,700 bytes): {}",
+                        db.message()
+                    ),
+                }
+            }
             _ if is_unique_violation(&error, "events_event_id_key") => {
                 return StoreError::DuplicateEventId {
                     event_id: uuid::Uuid::nil(),
@@ -1106,7 +1183,17 @@ fn append_error(
 /// Connection trouble is `Unavailable` (retry may succeed); the rest is
 /// `Backend`.
 pub(crate) fn unavailable_or_backend(error: sqlx::Error) -> StoreError {
-    let transient = match &error {
+    if is_transient(&error) {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Backend(Box::new(error))
+    }
+}
+
+/// Connection trouble, a shutdown, a terminated backend, a serialization
+/// failure or a deadlock: trying again may succeed.
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -1114,15 +1201,8 @@ pub(crate) fn unavailable_or_backend(error: sqlx::Error) -> StoreError {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // connection exceptions, shutdown, terminated backend,
-            // serialization failure, deadlock
             code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
         }),
         _ => false,
-    };
-    if transient {
-        StoreError::Unavailable(error.to_string())
-    } else {
-        StoreError::Backend(Box::new(error))
     }
 }

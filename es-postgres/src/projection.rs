@@ -14,7 +14,7 @@ use es_core::{Payload, RecordedEvent, StoreError};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-use crate::{unavailable_or_backend, PgEventStore};
+use crate::{is_transient, unavailable_or_backend, PgEventStore};
 
 /// How far a projection is behind the head of the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -364,14 +364,16 @@ where
             return Ok(());
         }
         let key = self.lock_key(projection.name());
+        // One connection tries the lock until it gets it, and then holds it:
+        // a standby does not open a connection per attempt.
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?
+            .detach();
         loop {
-            let mut conn = self
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(unavailable_or_backend)?
-                .detach();
             let locked: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
                     .bind(&key)
@@ -383,7 +385,6 @@ where
                 self.lock_checked = Instant::now();
                 return Ok(());
             }
-            drop(conn);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -419,7 +420,16 @@ where
             .map_err(unavailable_or_backend)?;
         for (index, event) in events.iter().enumerate() {
             if let Err(error) = projection.handle(&mut tx, event).await {
-                // Dropping the transaction rolls it back.
+                // Dropping the transaction rolls it back. A lost connection
+                // or a deadlock is the database's trouble, not the event's:
+                // the runner starts again from the checkpoint, without
+                // counting it against the event.
+                if let Some(db) = error.downcast_ref::<sqlx::Error>() {
+                    if is_transient(db) {
+                        let reason = db.to_string();
+                        return Err(BatchError::Store(StoreError::Unavailable(reason)));
+                    }
+                }
                 return Err(BatchError::Handler { index, error });
             }
         }

@@ -9,6 +9,7 @@ CREATE SCHEMA IF NOT EXISTS __SCHEMA__;
 CREATE TABLE IF NOT EXISTS __SCHEMA__.streams (
     stream_id text PRIMARY KEY,
     version bigint NOT NULL CHECK (version >= 0),
+    last_position bigint NOT NULL DEFAULT 0,    -- where the stream's last event sits in the log
     closed boolean NOT NULL DEFAULT false       -- a closed stream takes no more events
 );
 
@@ -91,6 +92,7 @@ DECLARE
     n integer := coalesce(array_length(p_ids, 1), 0);
     v_current bigint;
     v_closed boolean;
+    v_last_position bigint;
     v_command record;
     v_found integer;
     v_first record;
@@ -98,11 +100,16 @@ DECLARE
     v_base bigint;
     v_next bigint;
 BEGIN
-    -- Lock the stream (creating its row at version 0 if new). Everything
-    -- below runs after any concurrent append to this stream has finished.
+    -- Lock the stream. The advisory lock comes first because taking it
+    -- gives this transaction no id: an append that waited for it takes its
+    -- id (and so its positions) after the append before it, so a stream's
+    -- versions follow the global order. Then the stream's row (created at
+    -- version 0 if new).
+    PERFORM pg_advisory_xact_lock(hashtextextended('es-stream ' || p_stream, 0));
     INSERT INTO __SCHEMA__.streams AS s (stream_id, version) VALUES (p_stream, 0)
         ON CONFLICT (stream_id) DO NOTHING;
-    SELECT s.version, s.closed INTO v_current, v_closed FROM __SCHEMA__.streams s
+    SELECT s.version, s.closed, s.last_position INTO v_current, v_closed, v_last_position
+        FROM __SCHEMA__.streams s
         WHERE s.stream_id = p_stream FOR UPDATE;
 
     -- A retry of an append already stored returns it as first stored.
@@ -181,6 +188,13 @@ BEGIN
         RAISE EXCEPTION 'one transaction may append at most 1048576 events'
             USING ERRCODE = 'ESINV';
     END IF;
+    -- A transaction that took its id before a younger one appended to this
+    -- stream would put this stream's next version before the previous one
+    -- in the log: it must start again (with a new id).
+    IF v_last_position >= v_base + 1048576 THEN
+        RAISE EXCEPTION 'stream % was appended to by a younger transaction; retry the transaction', p_stream
+            USING ERRCODE = '40001';
+    END IF;
 
     RETURN QUERY
         WITH inserted AS (
@@ -192,7 +206,8 @@ BEGIN
             RETURNING e.position, e.stream_version, e.recorded_at
         )
         SELECT i.position, i.stream_version, i.recorded_at, false FROM inserted i ORDER BY i.position;
-    UPDATE __SCHEMA__.streams s SET version = v_current + n WHERE s.stream_id = p_stream;
+    UPDATE __SCHEMA__.streams s SET version = v_current + n, last_position = v_next + n - 1
+        WHERE s.stream_id = p_stream;
     IF p_command_id IS NOT NULL THEN
         INSERT INTO __SCHEMA__.commands
             (command_id, command_type, stream_id, outcome, first_version, last_version, payload, metadata)

@@ -1,6 +1,7 @@
 //! Connecting, naming the schema, and the embedded, versioned migrations.
 
 use sqlx::postgres::PgPool;
+use sqlx::Executor;
 
 /// Why the store could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +77,18 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<(), SetupErro
         .execute(&mut *tx)
         .await
         .map_err(setup)?;
-    sqlx::raw_sql(&format!(
+    // `Executor::execute` with plain text runs several statements, and its
+    // future is `Send` (that of `sqlx::raw_sql` is not), so connecting works
+    // from a spawned task.
+    let bookkeeping = format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
          CREATE TABLE IF NOT EXISTS \"{schema}\".schema_migrations (
              version integer PRIMARY KEY,
              description text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now()
          );"
-    ))
-    .execute(&mut *tx)
-    .await
-    .map_err(setup)?;
+    );
+    tx.execute(bookkeeping.as_str()).await.map_err(setup)?;
     let applied: Vec<i32> = sqlx::query_scalar(&format!(
         "SELECT version FROM \"{schema}\".schema_migrations"
     ))
@@ -100,8 +102,7 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<(), SetupErro
         let sql = sql
             .replace("__SCHEMA__", &format!("\"{schema}\""))
             .replace("__CHANNEL__", &channel(schema));
-        sqlx::raw_sql(&sql)
-            .execute(&mut *tx)
+        tx.execute(sql.as_str())
             .await
             .map_err(|e| failed(version, description, e))?;
         sqlx::query(&format!(

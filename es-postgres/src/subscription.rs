@@ -24,6 +24,11 @@ struct Subscription {
     buffer: VecDeque<RecordedEvent>,
     wake: watch::Receiver<u64>,
     failures: u32,
+    /// An unreadable row reached: yielded after the events before it.
+    failed: Option<StoreError>,
+    /// Reads since a wake-up that found nothing readable (0: not waiting
+    /// for a stalled transaction).
+    stalled: u32,
 }
 
 pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream {
@@ -35,6 +40,8 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
         buffer: VecDeque::new(),
         wake,
         failures: 0,
+        failed: None,
+        stalled: 0,
     };
     // The state is `None` after an error that retrying cannot fix: the
     // stream yields that error, then ends.
@@ -44,21 +51,42 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
             if let Some(event) = sub.buffer.pop_front() {
                 return Some((Ok(event), Some(sub)));
             }
+            if let Some(error) = sub.failed.take() {
+                return Some((Err(error), None));
+            }
             // Mark the wake-ups so far as seen before reading: one that
             // arrives after the read ends the wait below.
             sub.wake.borrow_and_update();
             let page = sub.store.inner.options.subscription_page;
-            match sub.store.read_log(sub.next, page).await {
-                Ok(events) => {
+            match sub.store.read_log_until_bad(sub.next, page).await {
+                Ok((events, Some(bad))) => {
+                    // Deliver what precedes the unreadable row, then its error.
+                    sub.buffer.extend(events);
+                    sub.failed = Some(bad);
+                }
+                Ok((events, None)) => {
                     sub.failures = 0;
                     if let Some(last) = events.last() {
                         sub.next = last.global_position + 1;
+                        sub.stalled = 0;
                         sub.buffer.extend(events);
                     } else {
+                        // Woken by an append, yet nothing readable: an older
+                        // transaction still runs. Look again soon (and more
+                        // slowly each time) rather than at the next wake-up,
+                        // which that transaction's end does not send.
                         let poll = sub.store.inner.options.poll_interval;
+                        let pause = match sub.stalled {
+                            0 => poll,
+                            n => Duration::from_millis(5u64 << n.min(7)).min(poll),
+                        };
                         tokio::select! {
-                            _ = sub.wake.changed() => {}
-                            _ = tokio::time::sleep(poll) => {}
+                            _ = sub.wake.changed() => sub.stalled = 1,
+                            _ = tokio::time::sleep(pause) => {
+                                if sub.stalled > 0 {
+                                    sub.stalled += 1;
+                                }
+                            }
                         }
                     }
                 }
