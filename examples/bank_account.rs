@@ -94,78 +94,118 @@ pub struct AccountRow {
     balance: u64,
 }
 
-/// The account list in memory, for the in-memory run.
+/// The account list in memory, for the in-memory run: one handler per
+/// event type.
+#[derive(Projection)]
+#[projection(name = "accounts", event = AccountEvent, sink = BTreeMap<String, AccountRow>)]
+#[projection(handle(Opened, Deposited, Withdrew))]
 struct AccountList;
 
-impl Projection for AccountList {
-    type Event = AccountEvent;
-    type Sink = BTreeMap<String, AccountRow>;
-
-    fn name(&self) -> &str {
-        "accounts"
-    }
-
-    async fn handle(
+impl AccountList {
+    async fn opened(
         &self,
-        rows: &mut Self::Sink,
+        rows: &mut BTreeMap<String, AccountRow>,
         event: &RecordedEvent<AccountEvent>,
     ) -> Result<(), HandlerError> {
-        let id = account_id(event);
-        match &event.data {
-            AccountEvent::Opened { owner } => {
-                rows.insert(
-                    id,
-                    AccountRow {
-                        owner: owner.clone(),
-                        balance: 0,
-                    },
-                );
-            }
-            AccountEvent::Deposited { amount } => rows.entry(id).or_default().balance += amount,
-            AccountEvent::Withdrew { amount } => rows.entry(id).or_default().balance -= amount,
-        }
+        let AccountEvent::Opened { owner } = &event.data else {
+            return Err(unexpected(event));
+        };
+        rows.insert(
+            account_id(event),
+            AccountRow {
+                owner: owner.clone(),
+                balance: 0,
+            },
+        );
+        Ok(())
+    }
+
+    async fn deposited(
+        &self,
+        rows: &mut BTreeMap<String, AccountRow>,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let AccountEvent::Deposited { amount } = &event.data else {
+            return Err(unexpected(event));
+        };
+        rows.entry(account_id(event)).or_default().balance += amount;
+        Ok(())
+    }
+
+    async fn withdrew(
+        &self,
+        rows: &mut BTreeMap<String, AccountRow>,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let AccountEvent::Withdrew { amount } = &event.data else {
+            return Err(unexpected(event));
+        };
+        rows.entry(account_id(event)).or_default().balance -= amount;
         Ok(())
     }
 }
 
-/// The account list in PostgreSQL: the handler writes through the runner's
+/// The account list in PostgreSQL: the handlers write through the runner's
 /// transaction, which also moves the projection's checkpoint.
+#[derive(Projection)]
+#[projection(name = "accounts", event = AccountEvent, sink = PgConnection)]
+#[projection(handle(Opened, Deposited, Withdrew))]
 struct AccountTable;
 
-impl Projection for AccountTable {
-    type Event = AccountEvent;
-    type Sink = PgConnection;
-
-    fn name(&self) -> &str {
-        "accounts"
-    }
-
-    async fn handle(
+impl AccountTable {
+    async fn opened(
         &self,
         tx: &mut PgConnection,
         event: &RecordedEvent<AccountEvent>,
     ) -> Result<(), HandlerError> {
-        let id = account_id(event);
-        let query = match &event.data {
-            AccountEvent::Opened { owner } => sqlx::query(
-                "INSERT INTO bank_example.accounts (id, owner, balance) VALUES ($1, $2, 0)",
-            )
-            .bind(id)
-            .bind(owner.as_str()),
-            AccountEvent::Deposited { amount } => {
-                sqlx::query("UPDATE bank_example.accounts SET balance = balance + $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(i64::try_from(*amount)?)
-            }
-            AccountEvent::Withdrew { amount } => {
-                sqlx::query("UPDATE bank_example.accounts SET balance = balance - $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(i64::try_from(*amount)?)
-            }
+        let AccountEvent::Opened { owner } = &event.data else {
+            return Err(unexpected(event));
         };
-        query.execute(tx).await?;
+        sqlx::query("INSERT INTO bank_example.accounts (id, owner, balance) VALUES ($1, $2, 0)")
+            .bind(account_id(event))
+            .bind(owner.as_str())
+            .execute(tx)
+            .await?;
         Ok(())
     }
+
+    async fn deposited(
+        &self,
+        tx: &mut PgConnection,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let AccountEvent::Deposited { amount } = &event.data else {
+            return Err(unexpected(event));
+        };
+        sqlx::query("UPDATE bank_example.accounts SET balance = balance + $2 WHERE id = $1")
+            .bind(account_id(event))
+            .bind(i64::try_from(*amount)?)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn withdrew(
+        &self,
+        tx: &mut PgConnection,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let AccountEvent::Withdrew { amount } = &event.data else {
+            return Err(unexpected(event));
+        };
+        sqlx::query("UPDATE bank_example.accounts SET balance = balance - $2 WHERE id = $1")
+            .bind(account_id(event))
+            .bind(i64::try_from(*amount)?)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A handler given another event type than its own (the derive calls each
+/// handler with its variant only, so this never happens).
+fn unexpected(event: &RecordedEvent<AccountEvent>) -> HandlerError {
+    format!("no handler for {:?}", event.data).into()
 }
 
 fn account_id<E>(event: &RecordedEvent<E>) -> String {

@@ -50,6 +50,7 @@ use crate::version::StreamId;
 /// assert_eq!(event.event_type(), "Deposited");
 /// assert_eq!(event.schema_version(), 3);
 /// assert_eq!(AccountEvent::EVENT_TYPES, &["account.opened", "Deposited"]);
+/// assert_eq!(AccountEvent::event_type_of_variant("Opened"), Some("account.opened"));
 ///
 /// let payload = event.encode().unwrap();
 /// assert_eq!(payload.as_str(), r#"{"amount":5}"#);
@@ -74,6 +75,29 @@ pub trait Event: Sized + Send + Sync + 'static {
         schema_version: u32,
         payload: &Payload,
     ) -> Result<Self, DecodeErrorKind>;
+
+    /// The stored event type name of the enum variant called `variant` (its
+    /// Rust name, without `r#`), or `None` if there is no such variant.
+    ///
+    /// `#[derive(Event)]` implements it for an enum; a struct event and a
+    /// hand-written impl answer `None` unless they override it. The
+    /// `Projection` derive uses it to turn the variants it handles into the
+    /// stored names it asks the runner for.
+    fn event_type_of_variant(variant: &str) -> Option<&'static str> {
+        let _ = variant;
+        None
+    }
+}
+
+/// The stored event type names of the variants of `E` called `variants`:
+/// each variant's [`Event::event_type_of_variant`], else its Rust name.
+/// Used by the `Projection` derive.
+#[doc(hidden)]
+pub fn handled_event_types<E: Event>(variants: &[&'static str]) -> Vec<&'static str> {
+    variants
+        .iter()
+        .map(|&variant| E::event_type_of_variant(variant).unwrap_or(variant))
+        .collect()
 }
 
 /// An event's payload: a JSON text, cheap to clone.

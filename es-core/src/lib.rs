@@ -4,11 +4,12 @@
 //! ([`Repository`]) that loads an aggregate, decides, appends and retries on
 //! conflict.
 //!
-//! The derives [`Event`](macro@Event), [`Command`](macro@Command) and
-//! [`Aggregate`](macro@Aggregate) are re-exported here, so a user needs one
-//! dependency. With the `testing` feature, [`testing`] adds the
-//! given/when/then test kit, a fault-injecting store wrapper and the store
-//! conformance suite.
+//! The derives [`Event`](macro@Event), [`Command`](macro@Command),
+//! [`Aggregate`](macro@Aggregate) and [`Projection`](macro@Projection) are
+//! re-exported here (`Projection` also in [`projection`], beside its
+//! trait), so a user needs one dependency. With the `testing` feature,
+//! [`testing`] adds the given/when/then test kit, a fault-injecting store
+//! wrapper and the store conformance suite.
 //!
 //! ```
 //! use es_core::prelude::*;
@@ -82,7 +83,7 @@ pub use store::{
 };
 pub use version::{ExpectedVersion, StreamId};
 
-pub use es_macros::{Aggregate, Command, Event};
+pub use es_macros::{Aggregate, Command, Event, Projection};
 
 /// Everything a user of the framework usually needs, in one import.
 pub mod prelude {
@@ -96,10 +97,14 @@ pub mod prelude {
 /// Not public API: the paths the derive macros expand to.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::event::{decode_struct, decode_variant, encode_struct, encode_variant};
+    pub use crate::event::{
+        decode_struct, decode_variant, encode_struct, encode_variant, handled_event_types,
+    };
     pub use core::future::{ready, Future};
+    pub use core::option::Option;
     pub use core::result::Result;
     pub use serde_json::{from_str as json_from_str, to_string as json_to_string};
     pub use std::string::{String, ToString};
+    pub use std::sync::OnceLock;
     pub use std::vec::Vec;
 }

@@ -25,11 +25,69 @@ use crate::store::EventStore;
 /// What a projection handler fails with.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
+// `#[derive(Projection)]`, beside the trait it implements (as serde does).
+pub use es_macros::Projection;
+
 /// A read model kept up to date from the global log.
 ///
 /// `Sink` is where handlers write: a database connection inside the
 /// runner's transaction (`PgConnection` for PostgreSQL), or the read model
 /// itself for an in-memory one.
+///
+/// Derive it with [`#[derive(Projection)]`](macro@Projection): one inherent
+/// `async` method per event variant it handles, listed in
+/// `#[projection(handle(...))]`. The derived `handles()` gives the stored
+/// names of those variants only (`#[event(name = "...")]` included), so the
+/// runner never decodes the others; the derived `handle` calls the method
+/// of the event's variant.
+///
+/// ```
+/// use es_core::projection::{HandlerError, Projection};
+/// use es_core::{Event, RecordedEvent};
+/// use serde::{Deserialize, Serialize};
+/// use std::collections::HashMap;
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+/// enum AccountEvent {
+///     #[event(name = "account.opened")]
+///     Opened { owner: String },
+///     Deposited { amount: u64 },
+///     Renamed { owner: String },
+/// }
+///
+/// // `Renamed` is not listed: its events are skipped without being decoded.
+/// #[derive(Projection)]
+/// #[projection(event = AccountEvent, sink = HashMap<String, u64>)]
+/// #[projection(handle(Opened = open, Deposited))]
+/// struct Balances;
+///
+/// impl Balances {
+///     async fn open(
+///         &self,
+///         balances: &mut HashMap<String, u64>,
+///         event: &RecordedEvent<AccountEvent>,
+///     ) -> Result<(), HandlerError> {
+///         balances.insert(event.stream_id.to_string(), 0);
+///         Ok(())
+///     }
+///
+///     async fn deposited(
+///         &self,
+///         balances: &mut HashMap<String, u64>,
+///         event: &RecordedEvent<AccountEvent>,
+///     ) -> Result<(), HandlerError> {
+///         if let AccountEvent::Deposited { amount } = &event.data {
+///             *balances.entry(event.stream_id.to_string()).or_default() += amount;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// assert_eq!(Balances.name(), "balances");
+/// assert_eq!(Balances.handles(), ["account.opened", "Deposited"]);
+/// ```
+///
+/// Or implement it by hand:
 ///
 /// ```
 /// use es_core::projection::{HandlerError, Projection};
@@ -118,6 +176,12 @@ pub enum OnFailure {
 pub struct ProjectionOptions {
     /// Most events applied in one transaction (default 256).
     pub batch_size: usize,
+    /// How long one batch should take at most (default 100 ms): after a
+    /// slower batch the runner shrinks the next ones to fit, then grows them
+    /// back. On PostgreSQL a batch's transaction holds back every reader of
+    /// the global log in the cluster while it runs (see es-postgres' notes
+    /// on the global order), so a slow handler must not keep one open long.
+    pub max_batch_time: Duration,
     /// Retries of a failing event before the policy applies (default 3).
     pub max_retries: u32,
     /// The first pause before a retry; doubled each time up to
@@ -133,6 +197,7 @@ impl Default for ProjectionOptions {
     fn default() -> Self {
         ProjectionOptions {
             batch_size: 256,
+            max_batch_time: Duration::from_millis(100),
             max_retries: 3,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(2),
@@ -145,6 +210,12 @@ impl ProjectionOptions {
     /// Sets the batch size (at least 1).
     pub fn batch_size(mut self, events: usize) -> Self {
         self.batch_size = events.max(1);
+        self
+    }
+
+    /// Sets the longest time one batch should take.
+    pub fn max_batch_time(mut self, time: Duration) -> Self {
+        self.max_batch_time = time;
         self
     }
 
@@ -253,6 +324,8 @@ pub trait ProjectionTarget<P: Projection>: Send {
 }
 
 /// A running projection: its status, a way to wait for it, and to stop it.
+/// Dropping the handle stops the projection after its current batch (keep
+/// the handle for as long as the projection should run).
 pub struct ProjectionHandle {
     status: watch::Receiver<ProjectionStatus>,
     stop: watch::Sender<bool>,
@@ -477,6 +550,7 @@ where
             s.state = ProjectionState::Running;
         });
         let mut log = self.store.subscribe(checkpoint + 1);
+        let mut limit = self.options.batch_size;
         loop {
             // A batch: the next event, and whatever else is ready now.
             let first = tokio::select! {
@@ -487,7 +561,7 @@ where
                 return Ok(Restart::Again);
             };
             let mut batch = vec![first?];
-            while batch.len() < self.options.batch_size {
+            while batch.len() < limit {
                 match log.next().now_or_never() {
                     Some(Some(event)) => batch.push(event?),
                     _ => break,
@@ -497,7 +571,14 @@ where
             match self.process(&batch, checkpoint).await? {
                 Some(new_checkpoint) => {
                     let n = batch.len() as u64;
-                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    let elapsed = started.elapsed();
+                    let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+                    limit = if elapsed > self.options.max_batch_time {
+                        let fits = self.options.max_batch_time.as_secs_f64() * rate;
+                        (fits as usize).clamp(1, self.options.batch_size)
+                    } else {
+                        limit.saturating_mul(2).min(self.options.batch_size)
+                    };
                     checkpoint = new_checkpoint;
                     self.status.send_modify(|s| {
                         s.position = checkpoint;

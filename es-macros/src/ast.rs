@@ -7,7 +7,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Generics, Ident, Index, Member, Path, Type};
 
-use crate::attr::{self, AggregateAttrs, CommandPlace, EventAttrs, EventPlace};
+use crate::attr::{self, AggregateAttrs, CommandPlace, EventAttrs, EventPlace, ProjectionAttrs};
 use crate::ctxt::Errors;
 
 /// How a variant (or struct) holds its fields, which decides its pattern.
@@ -328,6 +328,98 @@ impl<'a> AggregateInput<'a> {
     }
 }
 
+/// The input of `#[derive(Projection)]`.
+pub(crate) struct ProjectionInput<'a> {
+    pub ident: &'a Ident,
+    pub generics: &'a Generics,
+    pub attrs: ProjectionAttrs<'a>,
+}
+
+/// One handled variant with the method that handles it.
+pub(crate) struct Handler {
+    /// The variant of the event enum, as written.
+    pub variant: Ident,
+    /// The method: as written after `=`, else the variant in snake case
+    /// (spanned at the variant, so a missing method is reported there).
+    pub method: Ident,
+}
+
+impl<'a> ProjectionInput<'a> {
+    /// The model of `input`, or `None` (with the error recorded) for an
+    /// enum or a union.
+    pub(crate) fn from_syn(cx: &mut Errors, input: &'a DeriveInput) -> Option<Self> {
+        let message = "`#[derive(Projection)]` works on a struct only: \
+                       the projection, whose methods are its handlers";
+        match &input.data {
+            Data::Struct(data) => {
+                for field in &data.fields {
+                    attr::reject_on_field(cx, &field.attrs, "projection", "the struct");
+                }
+            }
+            Data::Enum(data) => {
+                cx.error_spanned_by(data.enum_token, message);
+                return None;
+            }
+            Data::Union(data) => {
+                cx.error_spanned_by(data.union_token, message);
+                return None;
+            }
+        }
+        Some(ProjectionInput {
+            ident: &input.ident,
+            generics: &input.generics,
+            attrs: attr::projection_attrs(cx, &input.attrs),
+        })
+    }
+
+    /// The projection's name: `name = "..."`, else the struct's name in
+    /// snake case.
+    pub(crate) fn name(&self) -> String {
+        self.attrs.name.as_ref().map_or_else(
+            || snake_case(&ident_string(self.ident)),
+            |name| name.value(),
+        )
+    }
+
+    /// The handled variants in the order listed, each with its method.
+    /// `Err` with the variant whose default method name is not a valid one.
+    pub(crate) fn handlers(&self) -> Vec<Result<Handler, &Ident>> {
+        let Some(list) = &self.attrs.handle else {
+            return Vec::new();
+        };
+        list.entries
+            .iter()
+            .map(|entry| {
+                let method = match &entry.method {
+                    Some(method) => method.clone(),
+                    None => method_for(&entry.variant).ok_or(&entry.variant)?,
+                };
+                Ok(Handler {
+                    variant: entry.variant.clone(),
+                    method,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The method named after a variant: its name in snake case, raw if that
+/// is a keyword (`Move` -> `r#move`), or `None` if it cannot be a method
+/// name at all (`Crate` -> `crate`).
+pub(crate) fn method_for(variant: &Ident) -> Option<Ident> {
+    let name = snake_case(&ident_string(variant));
+    let span = variant.span();
+    if syn::parse_str::<Ident>(&name).is_ok() {
+        return Some(Ident::new(&name, span));
+    }
+    match name.as_str() {
+        "self" | "super" | "crate" | "_" => None,
+        _ => syn::parse_str::<Ident>(&format!("r#{name}"))
+            .ok()
+            .map(|_| Ident::new_raw(&name, span)),
+    }
+}
+
 /// `BankAccount` -> `bank_account`, `HTTPGateway` -> `http_gateway`.
 pub(crate) fn snake_case(name: &str) -> String {
     let chars: Vec<char> = name.chars().collect();
@@ -356,7 +448,22 @@ pub(crate) fn snake_case(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::snake_case;
+    use super::{method_for, snake_case};
+    use proc_macro2::Span;
+    use syn::Ident;
+
+    #[test]
+    fn a_variant_names_its_method_in_snake_case_raw_if_a_keyword() {
+        let method = |variant: &str| {
+            method_for(&Ident::new(variant, Span::call_site())).map(|m| m.to_string())
+        };
+        assert_eq!(method("Opened").as_deref(), Some("opened"));
+        assert_eq!(method("MoneyDeposited").as_deref(), Some("money_deposited"));
+        assert_eq!(method("Move").as_deref(), Some("r#move"));
+        assert_eq!(method("Type").as_deref(), Some("r#type"));
+        assert_eq!(method("Crate"), None);
+        assert_eq!(method("Super"), None);
+    }
 
     #[test]
     fn snake_case_splits_words_and_acronyms() {

@@ -1,14 +1,16 @@
-//! Parsing of the helper attributes `#[event(...)]`, `#[command(...)]` and
-//! `#[aggregate(...)]` into plain values, and of the `#[serde(...)]` keys
+//! Parsing of the helper attributes `#[event(...)]`, `#[command(...)]`,
+//! `#[aggregate(...)]` and `#[projection(...)]` into plain values, and of the `#[serde(...)]` keys
 //! the `Event` derive has to know about. A malformed key is recorded in
 //! [`Errors`] and parsing goes on with the next key, so one build reports
 //! every mistake in an attribute.
 
 use proc_macro2::TokenTree;
+use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
 use syn::parse::ParseStream;
-use syn::{Attribute, Lit, LitInt, LitStr, Path, Token, Type};
+use syn::{Attribute, Ident, Lit, LitInt, LitStr, Path, Token, Type};
 
+use crate::ast::method_for;
 use crate::ctxt::Errors;
 
 /// Where an `#[event(...)]` attribute sits: each place allows other keys.
@@ -185,6 +187,173 @@ pub(crate) fn aggregate_attrs<'a>(cx: &mut Errors, attrs: &'a [Attribute]) -> Ag
         });
     }
     out
+}
+
+/// The keys of the `#[projection(...)]` attributes of a struct.
+#[derive(Default)]
+pub(crate) struct ProjectionAttrs<'a> {
+    /// The first `#[projection(...)]` attribute, for error spans.
+    pub original: Option<&'a Attribute>,
+    /// `event = Type`.
+    pub event: Option<Type>,
+    /// `sink = Type`.
+    pub sink: Option<Type>,
+    /// `name = "..."`: the projection's name.
+    pub name: Option<LitStr>,
+    /// `handle(...)`: the variants handled, in order.
+    pub handle: Option<HandleList>,
+    /// The keys given, well-formed or not: a key with a bad value is not
+    /// also reported missing.
+    pub given: Vec<String>,
+}
+
+/// The list of `handle(Variant = method, Variant, ...)`.
+pub(crate) struct HandleList {
+    /// The `handle` key, for error spans.
+    pub key: Path,
+    /// The list's parentheses, for error spans.
+    pub parens: proc_macro2::Span,
+    pub entries: Vec<HandleEntry>,
+    /// Whether an entry was malformed (then an empty list is no news).
+    pub wrong: bool,
+}
+
+/// One `Variant = method` (or `Variant`) of a `handle(...)` list.
+pub(crate) struct HandleEntry {
+    /// The event enum's variant.
+    pub variant: Ident,
+    /// The method named after `=`, if any (else the variant in snake case).
+    pub method: Option<Ident>,
+}
+
+/// Reads the `#[projection(...)]` attributes of a struct.
+pub(crate) fn projection_attrs<'a>(cx: &mut Errors, attrs: &'a [Attribute]) -> ProjectionAttrs<'a> {
+    let mut out = ProjectionAttrs::default();
+    // The mistakes inside a `handle(...)` list, one per entry.
+    let mut entry_errors = Vec::new();
+    for attr in attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("projection"))
+    {
+        out.original.get_or_insert(attr);
+        let _ = parse_keys(cx, attr, |meta| {
+            out.given.push(key_name(&meta.path));
+            let slot = if meta.path.is_ident("event") {
+                &mut out.event
+            } else if meta.path.is_ident("sink") {
+                &mut out.sink
+            } else if meta.path.is_ident("name") {
+                let name = string_value(meta, r#"name = "balances""#)?;
+                return set_once(&mut out.name, name, meta, "projection");
+            } else if meta.path.is_ident("handle") {
+                let list = handle_list(meta, &mut entry_errors)?;
+                return set_once(&mut out.handle, list, meta, "projection");
+            } else {
+                return Err(unknown_key(
+                    meta,
+                    "projection",
+                    "`event`, `sink`, `handle` or `name`",
+                ));
+            };
+            let ty = type_value(meta)?;
+            set_once(slot, ty, meta, "projection")
+        });
+        for error in entry_errors.drain(..) {
+            cx.push(error);
+        }
+    }
+    out
+}
+
+/// The value of `handle(Variant = method, Variant, ...)`. A malformed
+/// entry goes into `errors` and the list goes on with the next one.
+fn handle_list(meta: &ParseNestedMeta, errors: &mut Vec<syn::Error>) -> syn::Result<HandleList> {
+    let example = "handle(Opened = opened, Deposited)";
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(format!(
+            "expected a list of the variants handled, like `{example}`"
+        )));
+    }
+    let content;
+    let parens = syn::parenthesized!(content in meta.input);
+    let mut list = HandleList {
+        key: meta.path.clone(),
+        parens: parens.span.join(),
+        entries: Vec::new(),
+        wrong: false,
+    };
+    while !content.is_empty() {
+        match handle_entry(&content) {
+            Ok(entry) => list.entries.push(entry),
+            Err(error) => {
+                list.wrong = true;
+                errors.push(error);
+                skip_rest(&content)?;
+            }
+        }
+        if content.is_empty() {
+            break;
+        }
+        content.parse::<Token![,]>()?;
+    }
+    Ok(list)
+}
+
+/// One `Variant = method` or `Variant` of a `handle(...)` list.
+fn handle_entry(input: ParseStream) -> syn::Result<HandleEntry> {
+    let path = input.call(Path::parse_mod_style).map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            "expected the name of a variant of the event enum, like `Opened`",
+        )
+    })?;
+    let Some(variant) = path.get_ident().cloned() else {
+        let last = &path.segments[path.segments.len() - 1].ident;
+        return Err(syn::Error::new_spanned(
+            &path,
+            format!("name the variant alone: write `{last}`, not a path"),
+        ));
+    };
+    let variant_name = variant.unraw();
+    if input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        if input.peek(LitStr) {
+            let lit: LitStr = input.parse()?;
+            return Err(syn::Error::new_spanned(
+                &lit,
+                format!(
+                    "a handler is a method, not a string: write `{variant_name} = {}`",
+                    lit.value()
+                ),
+            ));
+        }
+        let method = input.parse::<Ident>().map_err(|error| {
+            let example = method_for(&variant)
+                .map_or_else(|| String::from("method_name"), |method| method.to_string());
+            syn::Error::new(
+                error.span(),
+                format!(
+                    "expected the name of a method after `=`, like `{variant_name} = {example}`"
+                ),
+            )
+        })?;
+        if !(input.is_empty() || input.peek(Token![,])) {
+            return Err(input.error("expected `,` after the method name"));
+        }
+        Ok(HandleEntry {
+            variant,
+            method: Some(method),
+        })
+    } else if input.is_empty() || input.peek(Token![,]) {
+        Ok(HandleEntry {
+            variant,
+            method: None,
+        })
+    } else {
+        Err(input.error(format!(
+            "expected `{variant_name}` or `{variant_name} = method_name`"
+        )))
+    }
 }
 
 /// The keys of the `#[serde(...)]` attributes in `attrs`, such as `rename`

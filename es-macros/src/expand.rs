@@ -12,7 +12,7 @@ use syn::{DeriveInput, Ident};
 
 use crate::ast::{
     ident_string, AggregateInput, CommandField, CommandInput, CommandShape, EventInput, EventShape,
-    Style,
+    ProjectionInput, Style,
 };
 use crate::ctxt::Errors;
 use crate::valid;
@@ -70,6 +70,17 @@ pub(crate) fn derive_aggregate(input: &DeriveInput) -> syn::Result<TokenStream> 
     Ok(model.map(|model| aggregate(&model)).unwrap_or_default())
 }
 
+/// `#[derive(Projection)]`.
+pub(crate) fn derive_projection(input: &DeriveInput) -> syn::Result<TokenStream> {
+    let mut cx = Errors::default();
+    let model = ProjectionInput::from_syn(&mut cx, input);
+    if let Some(model) = &model {
+        valid::projection(&mut cx, model);
+    }
+    cx.finish()?;
+    Ok(model.map(|model| projection(&model)).unwrap_or_default())
+}
+
 fn event(input: &EventInput) -> TokenStream {
     let root = root();
     let private = quote!(#root::__private);
@@ -93,6 +104,15 @@ fn event(input: &EventInput) -> TokenStream {
                 fn event_type(&self) -> &'static #str {
                     match self {
                         #(#patterns => #names,)*
+                    }
+                }
+
+                fn event_type_of_variant(
+                    variant: &#str,
+                ) -> #private::Option<&'static #str> {
+                    match variant {
+                        #(#serde_names => #private::Option::Some(#names),)*
+                        _ => #private::Option::None,
                     }
                 }
 
@@ -303,6 +323,78 @@ fn aggregate(input: &AggregateInput) -> TokenStream {
 
                 fn evolve(&mut self, event: &#this::Event) {
                     #ident::apply(self, event)
+                }
+            }
+        };
+    }
+}
+
+fn projection(input: &ProjectionInput) -> TokenStream {
+    let root = root();
+    let private = quote!(#root::__private);
+    let trait_ = quote!(#root::projection::Projection);
+    let ident = input.ident;
+    let attrs = &input.attrs;
+    let (Some(event), Some(sink)) = (&attrs.event, &attrs.sink) else {
+        unreachable!("valid.rs reports a missing `event` or `sink`")
+    };
+    let name = input.name();
+    let str = quote!(::core::primitive::str);
+
+    // valid.rs has made sure that every handler has a method name.
+    let handlers: Vec<_> = input.handlers().into_iter().flatten().collect();
+    let variants: Vec<String> = handlers.iter().map(|h| ident_string(&h.variant)).collect();
+    let arms = handlers.iter().map(|handler| {
+        let (variant, method) = (&handler.variant, &handler.method);
+        // The pattern at the variant's name in the attribute, and the call
+        // at the method's, so that a variant the enum lacks, or a method
+        // missing, not `async` or with the wrong parameters, is reported
+        // there.
+        let pattern = respan(quote!(__Event::#variant { .. }), variant.span());
+        let call = respan(
+            quote!(#ident::#method(self, sink, event).await),
+            method.span(),
+        );
+        quote!(#pattern => #call,)
+    });
+
+    quote! {
+        const _: () = {
+            // Names the event enum's variants in patterns, whatever the
+            // type's path looks like.
+            type __Event = #event;
+
+            #[automatically_derived]
+            impl #trait_ for #ident {
+                type Event = #event;
+                type Sink = #sink;
+
+                fn name(&self) -> &#str {
+                    #name
+                }
+
+                fn handles(&self) -> &[&#str] {
+                    static HANDLES: #private::OnceLock<#private::Vec<&'static #str>> =
+                        #private::OnceLock::new();
+                    HANDLES.get_or_init(|| {
+                        #private::handled_event_types::<#event>(&[#(#variants),*])
+                    })
+                }
+
+                fn handle(
+                    &self,
+                    sink: &mut <Self as #trait_>::Sink,
+                    event: &#root::RecordedEvent<<Self as #trait_>::Event>,
+                ) -> impl #private::Future<
+                    Output = #private::Result<(), #root::projection::HandlerError>,
+                > + ::core::marker::Send {
+                    async move {
+                        match &event.data {
+                            #(#arms)*
+                            #[allow(unreachable_patterns)]
+                            _ => #private::Result::Ok(()),
+                        }
+                    }
                 }
             }
         };

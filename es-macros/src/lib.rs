@@ -1,7 +1,8 @@
-//! Derive macros for the `es` event-sourcing framework: `Event`, `Command`
-//! and `Aggregate`. Use them through `es` (or `es-core`), which re-exports
-//! them beside the traits they implement; the generated code names those
-//! traits through that crate, so a user needs no other dependency.
+//! Derive macros for the `es` event-sourcing framework: `Event`, `Command`,
+//! `Aggregate` and `Projection`. Use them through `es` (or `es-core`),
+//! which re-exports them beside the traits they implement; the generated
+//! code names those traits through that crate, so a user needs no other
+//! dependency.
 //!
 //! Each derive parses its input into a model (`ast`, `attr`), checks it
 //! (`valid`) and emits the impl (`expand`). Every mistake in an input is
@@ -32,6 +33,10 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `#[event(name = "...")]` | a variant, or the struct | the stored event type name | the variant's (or struct's) name |
 /// | `#[event(version = N)]` | a variant, or the struct | the schema version, `N >= 1` | the enum's version, else `1` |
 ///
+/// On an enum, `event_type_of_variant` maps each variant's Rust name to its
+/// stored name (`"Opened"` to `"account.opened"` below), for the
+/// `Projection` derive.
+///
 /// `decode` reads the current schema version of each type only: another
 /// stored version is `DecodeErrorKind::UnsupportedSchemaVersion`, and a
 /// type name none of the variants has is `DecodeErrorKind::UnknownEventType`.
@@ -59,6 +64,7 @@ use syn::{parse_macro_input, DeriveInput};
 /// }
 ///
 /// assert_eq!(AccountEvent::EVENT_TYPES, ["account.opened", "Deposited", "Closed"]);
+/// assert_eq!(AccountEvent::event_type_of_variant("Opened"), Some("account.opened"));
 /// let event = AccountEvent::Deposited { amount: 5 };
 /// assert_eq!(event.schema_version(), 3);
 /// assert_eq!(event.encode().unwrap().as_str(), r#"{"amount":5}"#);
@@ -171,6 +177,85 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     expand::derive_aggregate(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `es::projection::Projection` for a struct: the projection, with
+/// one inherent method per event variant it handles.
+///
+/// Each handled variant names a method of the struct, which the impl calls
+/// with the runner's sink and the decoded event:
+///
+/// ```text
+/// async fn opened(&self, sink: &mut Sink, event: &RecordedEvent<Event>) -> Result<(), HandlerError>
+/// ```
+///
+/// | attribute key | meaning | required |
+/// |---|---|---|
+/// | `#[projection(event = Type)]` | the event enum (`Projection::Event`) | yes |
+/// | `#[projection(sink = Type)]` | where the handlers write (`Projection::Sink`): `PgConnection`, or the `T` of a `MemoryReadModel<T>` | yes |
+/// | `#[projection(handle(Variant = method, ...))]` | the variants handled, each with its method | yes, at least one variant |
+/// | `#[projection(handle(Variant, ...))]` | the same, the method being the variant's name in snake case (`Opened` calls `opened`, `Move` calls `r#move`) | |
+/// | `#[projection(name = "...")]` | the projection's name (`name()`), the key of its checkpoint | no: the struct's name in snake case (`AccountBalances` is `"account_balances"`) |
+///
+/// The two forms of `handle` entries mix in one list, and one method may
+/// handle several variants. `handles()` gives the stored event type names of
+/// the listed variants (their `#[event(name = "...")]`, through
+/// `Event::event_type_of_variant`), computed once; events of the other
+/// variants are skipped by the runner without being decoded, and `handle`
+/// ignores them. The keys may share one attribute or be spread over
+/// several. The methods' futures must be `Send`, as `handle`'s is.
+///
+/// The derive rejects enums, unions, generic types, a missing `event`,
+/// `sink` or `handle(...)`, an empty `handle()` list, a variant listed
+/// twice, an entry that is not `Variant` or `Variant = method`, a variant
+/// whose snake-case name cannot be a method (`Crate`: write
+/// `Crate = on_crate`), a key given twice and an empty name. A listed
+/// variant the event enum does not have, or a method the struct does not
+/// have (or not `async`, or with other parameters), is reported by the
+/// compiler at its name in the attribute.
+///
+/// ```text
+/// use es::projection::{HandlerError, Projection};
+/// use es::RecordedEvent;
+/// use es_postgres::sqlx::{self, PgConnection};
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, es::Event)]
+/// # enum AccountEvent { Opened { owner: String }, Deposited { amount: u64 }, Withdrew { amount: u64 } }
+///
+/// // `Withdrew` is not listed: its events are never decoded for `Balances`.
+/// #[derive(Projection)]
+/// #[projection(event = AccountEvent, sink = PgConnection)]
+/// #[projection(handle(Opened = open, Deposited))]
+/// struct Balances;
+///
+/// impl Balances {
+///     async fn open(&self, tx: &mut PgConnection, event: &RecordedEvent<AccountEvent>) -> Result<(), HandlerError> {
+///         sqlx::query("INSERT INTO balances (id, balance) VALUES ($1, 0)")
+///             .bind(event.stream_id.as_str())
+///             .execute(tx)
+///             .await?;
+///         Ok(())
+///     }
+///
+///     async fn deposited(&self, tx: &mut PgConnection, event: &RecordedEvent<AccountEvent>) -> Result<(), HandlerError> {
+///         let AccountEvent::Deposited { amount } = &event.data else { unreachable!() };
+///         sqlx::query("UPDATE balances SET balance = balance + $2 WHERE id = $1")
+///             .bind(event.stream_id.as_str())
+///             .bind(i64::try_from(*amount)?)
+///             .execute(tx)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+///
+/// assert_eq!(Balances.name(), "balances");
+/// assert_eq!(Balances.handles(), ["Opened", "Deposited"]);
+/// ```
+#[proc_macro_derive(Projection, attributes(projection))]
+pub fn derive_projection(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive_projection(&input)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

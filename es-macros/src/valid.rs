@@ -2,14 +2,15 @@
 //! make: versions, names, aggregate ids, required keys, serde attributes
 //! that would break decoding. Each error points at the offending token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use quote::ToTokens;
+use proc_macro2::{Delimiter, Group, TokenStream};
+use quote::{quote, ToTokens};
 use syn::{Generics, LitStr, Path};
 
 use crate::ast::{
-    AggregateInput, CommandInput, CommandShape, CommandVariant, EventInput, EventShape,
-    EventVariant, Style,
+    ident_string, AggregateInput, CommandInput, CommandShape, CommandVariant, EventInput,
+    EventShape, EventVariant, ProjectionInput, Style,
 };
 use crate::attr::EventAttrs;
 use crate::ctxt::Errors;
@@ -202,6 +203,78 @@ pub(crate) fn aggregate(cx: &mut Errors, input: &AggregateInput) {
             input.ident,
             "`#[derive(Aggregate)]` needs `#[aggregate(event = Type, command = Type, \
              error = Type)]` on the struct",
+        ),
+    }
+}
+
+/// Checks the input of `#[derive(Projection)]`.
+pub(crate) fn projection(cx: &mut Errors, input: &ProjectionInput) {
+    no_generics(cx, input.generics, "Projection");
+    let attrs = &input.attrs;
+    if let Some(name) = &attrs.name {
+        not_blank(cx, name, "a projection name");
+    }
+    if let Some(list) = &attrs.handle {
+        if list.entries.is_empty() && !list.wrong {
+            // Spans `handle()` whole.
+            let mut parens = Group::new(Delimiter::Parenthesis, TokenStream::new());
+            parens.set_span(list.parens);
+            let key = &list.key;
+            cx.error_spanned_by(
+                quote!(#key #parens),
+                "`handle()` lists no variant: name each event variant the projection \
+                 handles, like `handle(Opened = opened, Deposited)`",
+            );
+        }
+        let mut seen = HashSet::new();
+        for entry in &list.entries {
+            let name = ident_string(&entry.variant);
+            if !seen.insert(name.clone()) {
+                cx.error_spanned_by(
+                    &entry.variant,
+                    format!(
+                        "variant `{name}` is listed twice in `handle(...)`: \
+                         a variant has one handler"
+                    ),
+                );
+            }
+        }
+    }
+    for handler in input.handlers() {
+        if let Err(variant) = handler {
+            let name = ident_string(variant);
+            cx.error_spanned_by(
+                variant,
+                format!(
+                    "the method name `{}` cannot be derived from variant `{name}`: \
+                     name its handler with `{name} = method_name`",
+                    crate::ast::snake_case(&name)
+                ),
+            );
+        }
+    }
+    let missing: Vec<&str> = [
+        ("event", "`event = Type`"),
+        ("sink", "`sink = Type`"),
+        ("handle", "`handle(Variant = method, ...)`"),
+    ]
+    .into_iter()
+    .filter(|(key, _)| !attrs.given.iter().any(|given| given == key))
+    .map(|(_, shown)| shown)
+    .collect();
+    let list = match missing.split_last() {
+        None => return,
+        Some((only, [])) => only.to_string(),
+        Some((last, init)) => format!("{} and {last}", init.join(", ")),
+    };
+    match attrs.original {
+        Some(original) => {
+            cx.error_spanned_by(original, format!("missing {list} in `#[projection(...)]`"));
+        }
+        None => cx.error_spanned_by(
+            input.ident,
+            "`#[derive(Projection)]` needs `#[projection(event = Type, sink = Type, \
+             handle(Variant, ...))]` on the struct",
         ),
     }
 }

@@ -1,0 +1,6 @@
+use es::projection::Projection;
+
+#[derive(Projection)]
+struct Balances;
+
+fn main() {}

@@ -1,0 +1,20 @@
+use es::projection::{HandlerError, Projection};
+use es::RecordedEvent;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, es::Event)]
+enum AccountEvent {
+    Opened { owner: String },
+    Deposited { amount: u64 },
+}
+
+#[derive(Projection)]
+#[projection(event = AccountEvent, sink = u64, handle(Opened = open, Deposited))]
+struct Balances;
+
+impl Balances {
+    async fn open(&self, _: &mut u64, _: &RecordedEvent<AccountEvent>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}
