@@ -9,6 +9,9 @@ use es::{AsOf, DecodeErrorKind, JournalOutcome};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+#[macro_use]
+mod common;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 enum AccountEvent {
     Opened { owner: String },
@@ -254,28 +257,6 @@ async fn closed_and_erased_streams_refuse_commands<S: EventStore>(store: S) {
     }
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(es::memory::MemoryStore::new()).await;
-                }
-            )*
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::fresh_pg_store().await).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
     a_repeated_command_returns_its_first_outcome,
     a_command_sent_concurrently_executes_once,
@@ -284,13 +265,3 @@ on_both_stores!(
     an_aggregate_loads_as_it_was,
     closed_and_erased_streams_refuse_commands,
 );
-
-async fn fresh_pg_store() -> es_postgres::PgEventStore {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    es_postgres::PgEventStore::builder()
-        .schema(format!("es_test_{}", Uuid::now_v7().simple()))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url} (set DATABASE_URL): {e}"))
-}

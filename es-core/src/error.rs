@@ -142,6 +142,33 @@ pub enum DecodeErrorKind {
     /// The event's personal data was erased; only its shape remains.
     #[error("the event was erased")]
     Erased,
+    /// An old event has no upcasting step from this type and version.
+    #[error("no upcaster for `{event_type}` from schema version {found} ({})", match current { Some(v) => format!("the event type reads version {v}"), None => "no current event type has that name".to_owned() })]
+    MissingUpcaster {
+        /// The type name at the step that has no upcaster.
+        event_type: String,
+        /// Its schema version there.
+        found: u32,
+        /// The version the code reads for that name, if any.
+        current: Option<u32>,
+    },
+    /// The upcaster kept going without reaching a current event.
+    #[error("the upcaster of `{event_type}` (schema version {schema_version}) did not reach a current event in {steps} steps")]
+    UpcasterLoop {
+        /// The stored type name.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// The steps taken.
+        steps: usize,
+    },
+    /// The upcaster made this many events of one stored event, where one
+    /// was asked for (`decode_all` takes any number).
+    #[error("the upcaster made {count} events of this one (decode it with `decode_all`)")]
+    NotOneEvent {
+        /// How many.
+        count: usize,
+    },
 }
 
 impl DecodeErrorKind {

@@ -32,6 +32,7 @@ use crate::version::StreamId;
 /// |---|---|---|---|
 /// | `#[event(name = "...")]` | variant or struct | the stored event type name | the variant's (or struct's) name |
 /// | `#[event(version = N)]` | enum, variant or struct | the schema version, `N >= 1` | 1 (a variant inherits the enum's) |
+/// | `#[event(upcaster = function)]` | enum or struct | upgrades events of older versions or former names, see [`crate::upcast`] | none |
 ///
 /// ```
 /// use es_core::Event;
@@ -85,6 +86,24 @@ pub trait Event: Sized + Send + Sync + 'static {
     /// stored names it asks the runner for.
     fn event_type_of_variant(variant: &str) -> Option<&'static str> {
         let _ = variant;
+        None
+    }
+
+    /// The schema version this code reads for the stored type `event_type`,
+    /// or `None` if it reads no such type (a former name, say).
+    /// `#[derive(Event)]` implements it; a hand-written impl that answers
+    /// `None` decodes every version itself.
+    fn current_version(event_type: &str) -> Option<u32> {
+        let _ = event_type;
+        None
+    }
+
+    /// One upcasting step for a stored event of an older schema version or a
+    /// former type name: the event at a later version, renamed, split into
+    /// several, or none at all; `None` when there is no step for it.
+    /// `#[event(upcaster = function)]` sets it; see [`crate::upcast`].
+    fn upcast(old: crate::upcast::OldEvent) -> Option<Vec<crate::upcast::OldEvent>> {
+        let _ = old;
         None
     }
 }
@@ -263,13 +282,35 @@ pub struct RecordedEvent<T = Payload> {
 impl RecordedEvent<Payload> {
     /// Decodes the payload into a domain event; the error names the stream,
     /// version and event type.
+    ///
+    /// An older schema version goes through the event type's upcaster; an
+    /// upcaster that splits the event into several is an error here (use
+    /// [`RecordedEvent::decode_all`]).
     pub fn decode<E: Event>(&self) -> Result<RecordedEvent<E>, DecodeError> {
+        let mut events = self.decode_all::<E>()?;
+        if events.len() != 1 {
+            return Err(DecodeError::new(
+                self,
+                DecodeErrorKind::NotOneEvent {
+                    count: events.len(),
+                },
+            ));
+        }
+        Ok(events.remove(0))
+    }
+
+    /// Decodes the payload into today's domain events: one for a current
+    /// event, and for an older one whatever its upcaster makes of it (one,
+    /// several after a split, none after a drop). The errors name the
+    /// stream, version and event type.
+    pub fn decode_all<E: Event>(&self) -> Result<Vec<RecordedEvent<E>>, DecodeError> {
         if self.metadata.erased_at.is_some() {
             return Err(DecodeError::new(self, DecodeErrorKind::Erased));
         }
-        let data = E::decode(&self.event_type, self.schema_version, &self.data)
-            .map_err(|kind| DecodeError::new(self, kind))?;
-        Ok(self.with_data(data))
+        let events =
+            crate::upcast::decode_upcasting::<E>(&self.event_type, self.schema_version, &self.data)
+                .map_err(|kind| DecodeError::new(self, kind))?;
+        Ok(events.into_iter().map(|e| self.with_data(e)).collect())
     }
 }
 

@@ -68,6 +68,7 @@ mod metadata;
 pub mod projection;
 mod runtime;
 mod store;
+pub mod upcast;
 mod version;
 
 #[cfg(feature = "testing")]

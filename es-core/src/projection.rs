@@ -151,6 +151,45 @@ pub trait Projection: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
+/// Decodes what a projection handling the stored types `handles` wants of
+/// one event of the global log, without decoding what it does not:
+///
+/// - an erased event, or a current event of a type it does not handle:
+///   nothing, undecoded;
+/// - a current event of a handled type: that event;
+/// - an older schema version, or a name the event type no longer has: the
+///   upcasted events of handled types (a former name of another aggregate's
+///   event, that no upcaster knows, is nothing).
+pub fn decode_handled<E: Event>(
+    handles: &[&str],
+    event: &RecordedEvent,
+) -> Result<Vec<RecordedEvent<E>>, crate::DecodeError> {
+    if event.metadata.erased_at.is_some() {
+        return Ok(Vec::new());
+    }
+    let current = E::current_version(&event.event_type);
+    let known = current.is_some() || E::EVENT_TYPES.contains(&&*event.event_type);
+    let is_current = current.is_none_or(|v| v == event.schema_version);
+    if known && is_current && !handles.contains(&&*event.event_type) {
+        return Ok(Vec::new());
+    }
+    match event.decode_all::<E>() {
+        Ok(events) => Ok(events
+            .into_iter()
+            .filter(|e| handles.contains(&e.data.event_type()))
+            .collect()),
+        Err(error) => match &error.kind {
+            crate::DecodeErrorKind::MissingUpcaster {
+                event_type,
+                current: None,
+                ..
+            } if !known && *event_type == *event.event_type => Ok(Vec::new()),
+            crate::DecodeErrorKind::UnknownEventType { .. } if !known => Ok(Vec::new()),
+            _ => Err(error),
+        },
+    }
+}
+
 /// What the runner does with an event whose handler keeps failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -679,16 +718,11 @@ where
         batch: &[RecordedEvent],
     ) -> Result<Vec<RecordedEvent<P::Event>>, HandlerError> {
         let handles = self.projection.handles();
-        batch
-            .iter()
-            // Erased events keep their place in the log but hold no data:
-            // the checkpoint moves past them.
-            .filter(|e| handles.contains(&&*e.event_type) && e.metadata.erased_at.is_none())
-            .map(|e| {
-                e.decode::<P::Event>()
-                    .map_err(|e| Box::new(e) as HandlerError)
-            })
-            .collect()
+        let mut decoded = Vec::with_capacity(batch.len());
+        for event in batch {
+            decoded.extend(decode_handled::<P::Event>(handles, event).map_err(Box::new)?);
+        }
+        Ok(decoded)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

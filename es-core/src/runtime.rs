@@ -281,7 +281,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 if past {
                     return Ok(loaded);
                 }
-                loaded.state.evolve(&recorded.decode::<A::Event>()?.data);
+                for event in recorded.decode_all::<A::Event>()? {
+                    loaded.state.evolve(&event.data);
+                }
                 loaded.version = recorded.stream_version;
                 loaded.replayed += 1;
             }
@@ -321,8 +323,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .await?;
             let done = page.len() < LOAD_PAGE;
             for recorded in &page {
-                let event = recorded.decode::<A::Event>()?;
-                loaded.state.evolve(&event.data);
+                for event in recorded.decode_all::<A::Event>()? {
+                    loaded.state.evolve(&event.data);
+                }
                 loaded.version = recorded.stream_version;
                 loaded.replayed += 1;
             }
@@ -490,10 +493,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .store
             .read_stream(&stream_id, first_version, count)
             .await?;
-        let events = stored
-            .iter()
-            .map(|e| e.decode::<A::Event>())
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::with_capacity(stored.len());
+        for e in &stored {
+            events.extend(e.decode_all::<A::Event>()?);
+        }
         Ok(CommandOutcome {
             stream_id,
             events,

@@ -31,6 +31,8 @@ pub(crate) struct EventAttrs {
     pub name: Option<LitStr>,
     /// `version = N`: the schema version.
     pub version: Option<Version>,
+    /// `upcaster = path::to::function`: upgrades older stored events.
+    pub upcaster: Option<Path>,
 }
 
 /// A `version = N` value, with its literal for error spans.
@@ -47,6 +49,15 @@ pub(crate) fn event_attrs(cx: &mut Errors, attrs: &[Attribute], place: EventPlac
             if meta.path.is_ident("version") {
                 let version = version_value(meta)?;
                 set_once(&mut out.version, version, meta, "event")
+            } else if meta.path.is_ident("upcaster") {
+                if place == EventPlace::Variant {
+                    return Err(meta.error(
+                        "`upcaster` goes on the enum, not on a variant: one function upgrades \
+                         every old event of the type",
+                    ));
+                }
+                let upcaster = path_value(meta)?;
+                set_once(&mut out.upcaster, upcaster, meta, "event")
             } else if meta.path.is_ident("name") {
                 let name = string_value(meta, r#"name = "account.opened""#)?;
                 if place == EventPlace::Enum {
@@ -58,8 +69,9 @@ pub(crate) fn event_attrs(cx: &mut Errors, attrs: &[Attribute], place: EventPlac
                 set_once(&mut out.name, name, meta, "event")
             } else {
                 let expected = match place {
-                    EventPlace::Enum => "`version`",
-                    EventPlace::Variant | EventPlace::Struct => "`name` or `version`",
+                    EventPlace::Enum => "`version` or `upcaster`",
+                    EventPlace::Variant => "`name` or `version`",
+                    EventPlace::Struct => "`name`, `version` or `upcaster`",
                 };
                 Err(unknown_key(meta, "event", expected))
             }
@@ -495,6 +507,28 @@ fn version_value(meta: &ParseNestedMeta) -> syn::Result<Version> {
     } else {
         Err(input.error(message))
     }
+}
+
+/// The value of `upcaster = path::to::function`.
+fn path_value(meta: &ParseNestedMeta) -> syn::Result<Path> {
+    expect_eq(meta, "upcaster = upcast_account_event")?;
+    let input = meta.value()?;
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse()?;
+        return Err(syn::Error::new_spanned(
+            &lit,
+            format!(
+                "`upcaster` takes a function's path, not a string: write `upcaster = {}`",
+                lit.value()
+            ),
+        ));
+    }
+    input.parse::<Path>().map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            "expected a function's path for `upcaster`, like `upcaster = upcast_account_event`",
+        )
+    })
 }
 
 /// The value of `key = Type`.

@@ -122,6 +122,13 @@ fn event(input: &EventInput) -> TokenStream {
                     }
                 }
 
+                fn current_version(event_type: &#str) -> #private::Option<#u32> {
+                    match event_type {
+                        #(#names => #private::Option::Some(#versions),)*
+                        _ => #private::Option::None,
+                    }
+                }
+
                 fn encode(&self) -> #private::Result<#root::Payload, #root::EncodeError> {
                     #private::encode_variant(self)
                 }
@@ -166,6 +173,14 @@ fn event(input: &EventInput) -> TokenStream {
                     #version
                 }
 
+                fn current_version(event_type: &#str) -> #private::Option<#u32> {
+                    if event_type == #name {
+                        #private::Option::Some(#version)
+                    } else {
+                        #private::Option::None
+                    }
+                }
+
                 fn encode(&self) -> #private::Result<#root::Payload, #root::EncodeError> {
                     #private::encode_struct(self)
                 }
@@ -196,6 +211,21 @@ fn event(input: &EventInput) -> TokenStream {
             (body, vec![name])
         }
     };
+    let upcast = input.attrs.upcaster.as_ref().map(|upcaster| {
+        // Spanned at the path, so a function of the wrong shape is reported
+        // where the user named it.
+        let call = quote::quote_spanned!(syn::spanned::Spanned::span(upcaster)=>
+            let upgraded: #private::Option<#private::Vec<#root::upcast::OldEvent>> = #upcaster(old);
+            upgraded
+        );
+        quote! {
+            fn upcast(
+                old: #root::upcast::OldEvent,
+            ) -> #private::Option<#private::Vec<#root::upcast::OldEvent>> {
+                #call
+            }
+        }
+    });
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -203,6 +233,8 @@ fn event(input: &EventInput) -> TokenStream {
                 const EVENT_TYPES: &'static [&'static #str] = &[#(#names),*];
 
                 #body
+
+                #upcast
             }
         };
     }

@@ -32,6 +32,7 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `#[event(version = N)]` | the enum | the schema version of its variants, `N >= 1` | `1` |
 /// | `#[event(name = "...")]` | a variant, or the struct | the stored event type name | the variant's (or struct's) name |
 /// | `#[event(version = N)]` | a variant, or the struct | the schema version, `N >= 1` | the enum's version, else `1` |
+/// | `#[event(upcaster = function)]` | the enum, or the struct | `fn(OldEvent) -> Option<Vec<OldEvent>>`: one upcasting step for an older version or a former name (see `es_core::upcast`) | none |
 ///
 /// On an enum, `event_type_of_variant` maps each variant's Rust name to its
 /// stored name (`"Opened"` to `"account.opened"` below), for the

@@ -299,14 +299,15 @@ impl PgEventStore {
             return Ok(false);
         };
         let raw = crate::recorded_from_row(row)?;
-        let event = raw
-            .decode::<P::Event>()
+        let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
-        projection
-            .handle(&mut tx, &event)
-            .await
-            .map_err(StoreError::Backend)?;
+        for event in &events {
+            projection
+                .handle(&mut tx, event)
+                .await
+                .map_err(StoreError::Backend)?;
+        }
         sqlx::query(&format!(
             "DELETE FROM \"{}\".parked_events WHERE projection = $1 AND position = $2",
             self.schema()
@@ -525,9 +526,10 @@ where
     ) -> futures::future::BoxFuture<'a, Result<(), es_core::projection::HandlerError>> {
         Box::pin(async move {
             let handles = self.0.handles();
-            for event in events.iter().filter(|e| handles.contains(&&*e.event_type)) {
-                let decoded = event.decode::<P::Event>()?;
-                self.0.handle(tx, &decoded).await?;
+            for event in events {
+                for decoded in es_core::projection::decode_handled::<P::Event>(handles, event)? {
+                    self.0.handle(tx, &decoded).await?;
+                }
             }
             Ok(())
         })

@@ -1,0 +1,14 @@
+use es::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(upcaster = upcast)]
+enum AccountEvent {
+    Opened { owner: String },
+}
+
+fn upcast(_: String) -> bool {
+    false
+}
+
+fn main() {}
