@@ -133,6 +133,66 @@ pub struct Repository<A: Aggregate, S> {
     retry: RetryPolicy,
     snapshots: Option<SnapshotPolicy<A>>,
     journal: Option<JournalPolicy<A>>,
+    cache: Option<Arc<AggregateCache<A>>>,
+}
+
+/// Live aggregates kept between commands, one slot per stream; a slot's
+/// lock also serialises the commands to its aggregate in this process.
+struct AggregateCache<A> {
+    capacity: usize,
+    slots: std::sync::Mutex<CacheSlots<A>>,
+}
+
+type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
+
+struct CacheSlots<A> {
+    map: std::collections::HashMap<StreamId, (Slot<A>, u64)>,
+    clock: u64,
+}
+
+impl<A> AggregateCache<A> {
+    fn new(capacity: usize) -> Self {
+        AggregateCache {
+            capacity: capacity.max(1),
+            slots: std::sync::Mutex::new(CacheSlots {
+                map: std::collections::HashMap::new(),
+                clock: 0,
+            }),
+        }
+    }
+
+    /// The slot of a stream, marked as just used. Over capacity, the least
+    /// recently used idle slots go (an eighth at a time).
+    fn slot(&self, stream_id: &StreamId) -> Slot<A> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.clock += 1;
+        let now = slots.clock;
+        let slot = {
+            let entry = slots
+                .map
+                .entry(stream_id.clone())
+                .or_insert_with(|| (Arc::new(tokio::sync::Mutex::new(None)), now));
+            entry.1 = now;
+            Arc::clone(&entry.0)
+        };
+        if slots.map.len() > self.capacity {
+            let mut idle: Vec<(u64, StreamId)> = slots
+                .map
+                .iter()
+                .filter(|(_, (slot, _))| Arc::strong_count(slot) == 1)
+                .map(|(id, (_, used))| (*used, id.clone()))
+                .collect();
+            idle.sort_unstable_by_key(|(used, _)| *used);
+            let excess = slots.map.len() - self.capacity + self.capacity / 8;
+            for (_, id) in idle.into_iter().take(excess) {
+                slots.map.remove(&id);
+            }
+        }
+        slot
+    }
 }
 
 /// How the command journal records commands.
@@ -179,6 +239,7 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
             retry: self.retry,
             snapshots: self.snapshots.clone(),
             journal: self.journal.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -200,7 +261,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             retry: RetryPolicy::default(),
             snapshots: None,
             journal: None,
+            cache: None,
         }
+    }
+
+    /// Keeps up to `capacity` live aggregates between commands, so a command
+    /// to a warm aggregate is one round trip (the append), and runs the
+    /// commands to one aggregate one at a time in this process, so they do
+    /// not conflict with each other (conflicts then only come from other
+    /// processes). A cached aggregate never decides on stale state: the
+    /// expected version guards every append and a conflict drops the
+    /// cached copy and reloads; a refusal or an empty decision made on a
+    /// cached copy is checked against the stream's version first.
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Arc::new(AggregateCache::new(capacity)));
+        self
     }
 
     /// Keeps a command journal: every accepted command is stored with its
@@ -367,19 +442,55 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 }
             }
         }
+        match &self.cache {
+            Some(cache) => {
+                // One command at a time per aggregate in this process: the
+                // others wait here instead of racing into conflicts.
+                let slot = cache.slot(&stream_id);
+                let mut cached = slot.lock().await;
+                self.run(command, &context, record.as_ref(), stream_id, &mut cached)
+                    .await
+            }
+            None => {
+                self.run(command, &context, record.as_ref(), stream_id, &mut None)
+                    .await
+            }
+        }
+    }
+
+    /// Decides and appends, retrying on conflicts. `cached` is the live
+    /// aggregate kept between commands (when the cache is on): it is taken
+    /// for the command and put back only when it is known to be current.
+    async fn run(
+        &self,
+        command: A::Command,
+        context: &CommandContext,
+        record: Option<&CommandRecord>,
+        stream_id: StreamId,
+        cached: &mut Option<Loaded<A>>,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let loaded = self.load_stream(&stream_id).await?;
+            let (mut loaded, from_cache) = match cached.take() {
+                Some(loaded) => (loaded, true),
+                None => (self.load_stream(&stream_id).await?, false),
+            };
             let decided = match loaded.state.decide(command.clone(), &self.services).await {
                 Ok(decided) => decided,
                 Err(error) => {
+                    // A refusal appends nothing, so no expected version
+                    // guards it: make sure a cached state was current.
+                    if from_cache && self.moved_on(&stream_id, loaded.version).await? {
+                        attempts -= 1;
+                        continue;
+                    }
                     if let (
                         Some(record),
                         Some(JournalPolicy {
                             rejections: true, ..
                         }),
-                    ) = (&record, &self.journal)
+                    ) = (record, &self.journal)
                     {
                         if let Err(e) = self
                             .store
@@ -389,14 +500,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                             tracing::warn!(stream = %stream_id, error = %e, "cannot journal a rejected command");
                         }
                     }
+                    *cached = Some(loaded);
                     return Err(CommandError::Rejected(error));
                 }
             };
             if decided.is_empty() {
+                if from_cache && self.moved_on(&stream_id, loaded.version).await? {
+                    attempts -= 1;
+                    continue;
+                }
+                let version = loaded.version;
+                *cached = Some(loaded);
                 return Ok(CommandOutcome {
                     stream_id,
                     events: Vec::new(),
-                    version: loaded.version,
+                    version,
                     attempts,
                 });
             }
@@ -407,18 +525,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::at(loaded.version);
             match self
-                .append_resending(record.as_ref(), &stream_id, expected, new_events)
+                .append_resending(record, &stream_id, expected, new_events)
                 .await
             {
                 Ok(recorded) => {
                     let version = recorded.last().map_or(loaded.version, |e| e.stream_version);
-                    if let Some(policy) = &self.snapshots {
-                        if version / policy.every > loaded.version / policy.every {
-                            let mut state = loaded.state;
-                            decided.iter().for_each(|e| state.evolve(e));
-                            self.save_snapshot(policy, &stream_id, &state, version)
-                                .await;
-                        }
+                    let snapshot = self
+                        .snapshots
+                        .as_ref()
+                        .filter(|policy| version / policy.every > loaded.version / policy.every);
+                    if snapshot.is_some() || self.cache.is_some() {
+                        decided.iter().for_each(|e| loaded.state.evolve(e));
+                        loaded.replayed += decided.len() as u64;
+                        loaded.version = version;
+                    }
+                    if let Some(policy) = snapshot {
+                        self.save_snapshot(policy, &stream_id, &loaded.state, version)
+                            .await;
+                    }
+                    if self.cache.is_some() {
+                        *cached = Some(loaded);
                     }
                     let events = recorded
                         .iter()
@@ -433,6 +559,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     });
                 }
                 Err(conflict) if conflict.is_conflict() => {
+                    // The state was stale: it stays out of the cache, and
+                    // the next attempt reloads.
                     tracing::debug!(stream = %stream_id, attempts, "conflict; reloading");
                     if attempts >= self.retry.max_attempts {
                         return Err(CommandError::Conflict {
@@ -455,6 +583,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(other) => return Err(other.into()),
             }
         }
+    }
+
+    /// Whether the stream moved past `version` (another writer appended).
+    async fn moved_on(&self, stream_id: &StreamId, version: u64) -> Result<bool, StoreError> {
+        Ok(self.store.stream_version(stream_id).await? != version)
     }
 
     /// What the store records of this command, if anything.

@@ -29,6 +29,7 @@ struct Faults {
     lose_append_replies: u32,
     fail_reads: u32,
     appends_seen: u64,
+    reads_seen: u64,
     faults_injected: u64,
 }
 
@@ -72,6 +73,13 @@ impl<S> FaultyStore<S> {
         self.faults().appends_seen
     }
 
+    /// How many reads (`read_stream`, `read_all`, `stream_version`,
+    /// `head_position`, `load_snapshot`) callers have made through this
+    /// wrapper: a way to count round trips.
+    pub fn reads_seen(&self) -> u64 {
+        self.faults().reads_seen
+    }
+
     /// How many faults were injected so far.
     pub fn faults_injected(&self) -> u64 {
         self.faults().faults_injected
@@ -95,6 +103,7 @@ impl<S> FaultyStore<S> {
 
     fn take_read_fault(&self) -> Result<(), StoreError> {
         let mut faults = self.faults();
+        faults.reads_seen += 1;
         if faults.fail_reads > 0 {
             faults.fail_reads -= 1;
             faults.faults_injected += 1;
