@@ -80,7 +80,8 @@ pub use event::{Event, NewEvent, Payload, RecordedEvent};
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Loaded, Repository, RetryPolicy};
 pub use store::{
-    CommandRecord, EventStore, EventStream, JournalEntry, JournalOutcome, Snapshot, StreamAppend,
+    check_appends, check_events, CommandRecord, EventStore, EventStream, JournalEntry,
+    JournalOutcome, Snapshot, StreamAppend,
 };
 pub use version::{ExpectedVersion, StreamId};
 

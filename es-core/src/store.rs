@@ -92,6 +92,41 @@ impl StreamAppend {
     }
 }
 
+/// Checks one append before it reaches a store: an event id may appear
+/// once. Stores call it, so every store refuses the same shapes.
+pub fn check_events(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    match events.iter().find(|e| !seen.insert(e.event_id)) {
+        Some(dup) => Err(StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!("event id {} appears twice in one append", dup.event_id),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks an atomic append before it reaches a store: a stream may appear
+/// once, an event id once across all streams.
+pub fn check_appends(appends: &[StreamAppend]) -> Result<(), StoreError> {
+    let mut streams = std::collections::HashSet::with_capacity(appends.len());
+    let mut ids = std::collections::HashSet::new();
+    for write in appends {
+        if !streams.insert(&write.stream_id) {
+            return Err(StoreError::InvalidAppend {
+                stream_id: write.stream_id.clone(),
+                reason: "the stream appears twice in one atomic append".into(),
+            });
+        }
+        if let Some(dup) = write.events.iter().find(|e| !ids.insert(e.event_id)) {
+            return Err(StoreError::InvalidAppend {
+                stream_id: write.stream_id.clone(),
+                reason: format!("event id {} appears twice in one append", dup.event_id),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A stored snapshot of an aggregate's state at a stream version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {

@@ -127,22 +127,7 @@ impl MemoryStore {
         writes: Vec<StreamAppend>,
         command: Option<&CommandRecord>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        let mut seen_ids = HashSet::new();
-        let mut seen_streams = HashSet::with_capacity(writes.len());
-        for write in &writes {
-            if !seen_streams.insert(&write.stream_id) {
-                return Err(StoreError::InvalidAppend {
-                    stream_id: write.stream_id.clone(),
-                    reason: "the stream appears twice in one atomic append".into(),
-                });
-            }
-            if let Some(dup) = write.events.iter().find(|e| !seen_ids.insert(e.event_id)) {
-                return Err(StoreError::InvalidAppend {
-                    stream_id: write.stream_id.clone(),
-                    reason: format!("event id {} appears twice in one append", dup.event_id),
-                });
-            }
-        }
+        es_core::check_appends(&writes)?;
 
         let mut log = self.write();
         // Check every stream before writing any.

@@ -988,35 +988,14 @@ fn check_stream_id(stream_id: &StreamId) -> Result<(), StoreError> {
 
 fn check_batch(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     check_stream_id(stream_id)?;
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
-    if let Some(dup) = events.iter().find(|e| !seen.insert(e.event_id)) {
-        return Err(StoreError::InvalidAppend {
-            stream_id: stream_id.clone(),
-            reason: format!("event id {} appears twice in one append", dup.event_id),
-        });
-    }
-    Ok(())
+    es_core::check_events(stream_id, events)
 }
 
 fn check_atomic(appends: &[StreamAppend]) -> Result<(), StoreError> {
-    let mut streams = std::collections::HashSet::with_capacity(appends.len());
-    let mut ids = std::collections::HashSet::new();
     for write in appends {
         check_stream_id(&write.stream_id)?;
-        if !streams.insert(&write.stream_id) {
-            return Err(StoreError::InvalidAppend {
-                stream_id: write.stream_id.clone(),
-                reason: "the stream appears twice in one atomic append".into(),
-            });
-        }
-        if let Some(dup) = write.events.iter().find(|e| !ids.insert(e.event_id)) {
-            return Err(StoreError::InvalidAppend {
-                stream_id: write.stream_id.clone(),
-                reason: format!("event id {} appears twice in one append", dup.event_id),
-            });
-        }
     }
-    Ok(())
+    es_core::check_appends(appends)
 }
 
 /// The recorded events, and whether the append was a retry of a stored one.

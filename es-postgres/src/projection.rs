@@ -338,6 +338,32 @@ impl PgProjectionTarget {
         format!("\"{}\"", self.store.schema())
     }
 
+    /// Moves the checkpoint from `from` to `to` in `tx`, only if it is
+    /// still at `from`: another instance that moved it fences this one out.
+    async fn move_checkpoint(
+        &self,
+        tx: &mut PgConnection,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(), BatchError> {
+        let moved = sqlx::query(&format!(
+            "UPDATE {}.projections SET position = $3, updated_at = now() \
+             WHERE name = $1 AND position = $2",
+            self.schema()
+        ))
+        .bind(name)
+        .bind(from as i64)
+        .bind(to as i64)
+        .execute(tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        if moved.rows_affected() != 1 {
+            return Err(BatchError::FencedOut);
+        }
+        Ok(())
+    }
+
     /// Checks, at most once a second, that the lock connection still lives:
     /// when it died, the lock is gone and another instance may run.
     async fn still_leader(&mut self) -> bool {
@@ -412,7 +438,6 @@ where
         if !self.still_leader().await {
             return Err(BatchError::FencedOut);
         }
-        let s = self.schema();
         let mut tx = self
             .store
             .pool()
@@ -434,19 +459,8 @@ where
                 return Err(BatchError::Handler { index, error });
             }
         }
-        let moved = sqlx::query(&format!(
-            "UPDATE {s}.projections SET position = $3, updated_at = now() \
-             WHERE name = $1 AND position = $2"
-        ))
-        .bind(projection.name())
-        .bind(from as i64)
-        .bind(to as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable_or_backend)?;
-        if moved.rows_affected() != 1 {
-            return Err(BatchError::FencedOut);
-        }
+        self.move_checkpoint(&mut tx, projection.name(), from, to)
+            .await?;
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(())
     }
@@ -480,19 +494,8 @@ where
         .execute(&mut *tx)
         .await
         .map_err(unavailable_or_backend)?;
-        let moved = sqlx::query(&format!(
-            "UPDATE {s}.projections SET position = $3, updated_at = now() \
-             WHERE name = $1 AND position = $2"
-        ))
-        .bind(projection.name())
-        .bind(from as i64)
-        .bind(event.global_position as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable_or_backend)?;
-        if moved.rows_affected() != 1 {
-            return Err(BatchError::FencedOut);
-        }
+        self.move_checkpoint(&mut tx, projection.name(), from, event.global_position)
+            .await?;
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(())
     }
