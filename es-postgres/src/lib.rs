@@ -1082,6 +1082,63 @@ fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
 }
 
 /// Maps an error of `append_events(...)` to the store's typed errors.
+/// The typed error for a refusal `append_events()` raised (by SQLSTATE,
+/// with its detail and message), if it is one.
+fn append_refusal(
+    code: &str,
+    detail: &str,
+    message: &str,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    command: Option<&CommandRecord>,
+) -> Option<StoreError> {
+    let json = || serde_json::from_str::<serde_json::Value>(detail).unwrap_or_default();
+    Some(match code {
+        "ESWEV" => StoreError::WrongExpectedVersion {
+            stream_id: stream_id.clone(),
+            expected,
+            actual: detail.parse().unwrap_or(0),
+        },
+        "ESDUP" => {
+            let d = json();
+            StoreError::DuplicateEventId {
+                event_id: d["event_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_default(),
+                stored_in: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
+                stored_version: d["stream_version"].as_u64().unwrap_or_default(),
+                reason: d["reason"].as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        "ESCMD" => {
+            let d = json();
+            StoreError::CommandAlreadyExecuted {
+                command_id: command.map(|c| c.command_id).unwrap_or_default(),
+                stream_id: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
+                first_version: d["first_version"].as_u64().unwrap_or_default(),
+                last_version: d["last_version"].as_u64().unwrap_or_default(),
+            }
+        }
+        "ESCLS" => StoreError::StreamClosed {
+            stream_id: stream_id.clone(),
+        },
+        "ESINV" => StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: message.to_owned(),
+        },
+        // NUL characters, or a stream id too long for an index entry.
+        "22021" | "22P05" | "54000" => StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!(
+                "PostgreSQL cannot store this append (NUL characters are not allowed, \
+                 and stream ids are limited to about 2,700 bytes): {message}"
+            ),
+        },
+        _ => return None,
+    })
+}
+
 fn append_error(
     error: sqlx::Error,
     stream_id: &StreamId,
@@ -1092,68 +1149,21 @@ fn append_error(
         let detail = db
             .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
             .and_then(|pg| pg.detail())
-            .unwrap_or_default()
-            .to_owned();
-        match db.code().as_deref() {
-            Some("ESWEV") => {
-                return StoreError::WrongExpectedVersion {
-                    stream_id: stream_id.clone(),
-                    expected,
-                    actual: detail.parse().unwrap_or(0),
-                }
+            .unwrap_or_default();
+        if let Some(code) = db.code() {
+            if let Some(refused) =
+                append_refusal(&code, detail, db.message(), stream_id, expected, command)
+            {
+                return refused;
             }
-            Some("ESDUP") => {
-                let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
-                return StoreError::DuplicateEventId {
-                    event_id: d["event_id"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_default(),
-                    stored_in: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
-                    stored_version: d["stream_version"].as_u64().unwrap_or_default(),
-                    reason: d["reason"].as_str().unwrap_or_default().to_owned(),
-                };
-            }
-            Some("ESCMD") => {
-                let d: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
-                return StoreError::CommandAlreadyExecuted {
-                    command_id: command.map(|c| c.command_id).unwrap_or_default(),
-                    stream_id: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
-                    first_version: d["first_version"].as_u64().unwrap_or_default(),
-                    last_version: d["last_version"].as_u64().unwrap_or_default(),
-                };
-            }
-            Some("ESCLS") => {
-                return StoreError::StreamClosed {
-                    stream_id: stream_id.clone(),
-                }
-            }
-            Some("ESINV") => {
-                return StoreError::InvalidAppend {
-                    stream_id: stream_id.clone(),
-                    reason: db.message().to_owned(),
-                }
-            }
-            // NUL characters, or a stream id too long for an index entry.
-            Some("22021" | "22P05" | "54000") => {
-                return StoreError::InvalidAppend {
-                    stream_id: stream_id.clone(),
-                    reason: format!(
-                        "PostgreSQL cannot store this append (NUL characters are not allowed, \
-                         and stream ids are limited to about 2,700 bytes): {}",
-                        db.message()
-                    ),
-                }
-            }
-            _ if is_unique_violation(&error, "events_event_id_key") => {
-                return StoreError::DuplicateEventId {
-                    event_id: uuid::Uuid::nil(),
-                    stored_in: stream_id.clone(),
-                    stored_version: 0,
-                    reason: "an event id of this append was stored concurrently".into(),
-                }
-            }
-            _ => {}
+        }
+        if is_unique_violation(&error, "events_event_id_key") {
+            return StoreError::DuplicateEventId {
+                event_id: uuid::Uuid::nil(),
+                stored_in: stream_id.clone(),
+                stored_version: 0,
+                reason: "an event id of this append was stored concurrently".into(),
+            };
         }
     }
     unavailable_or_backend(error)
