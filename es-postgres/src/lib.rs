@@ -84,6 +84,7 @@
 
 #![warn(missing_docs)]
 
+mod group;
 mod journal;
 mod projection;
 mod setup;
@@ -130,6 +131,8 @@ struct Inner {
     listener_started: std::sync::Mutex<bool>,
     /// Read models updated in the same transaction as each append.
     inline: Vec<Arc<dyn projection::InlineProjection>>,
+    /// The group-commit queue, when group commit is on.
+    group: Option<tokio::sync::mpsc::Sender<group::Pending>>,
 }
 
 #[derive(Clone)]
@@ -226,6 +229,7 @@ pub struct PgEventStoreBuilder {
     subscription_page: usize,
     read_your_writes_timeout: Duration,
     inline: Vec<Arc<dyn projection::InlineProjection>>,
+    group_committers: usize,
 }
 
 impl std::fmt::Debug for PgEventStoreBuilder {
@@ -257,6 +261,7 @@ impl Default for PgEventStoreBuilder {
             subscription_page: 512,
             read_your_writes_timeout: Duration::from_secs(5),
             inline: Vec::new(),
+            group_committers: 0,
         }
     }
 }
@@ -307,6 +312,17 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Turns on group commit with `committers` connections: concurrent
+    /// `append`s of this handle (without a command record or inline
+    /// projections) are batched into one statement and one transaction per
+    /// committer round, each stream's expected version still checked on its
+    /// own, so a conflict fails only that append. Worth it with many
+    /// concurrent writers; 0 (the default) sends each append on its own.
+    pub fn group_commit(mut self, committers: usize) -> Self {
+        self.group_committers = committers;
+        self
+    }
+
     /// Connects a pool to `url`, creates or upgrades the schema, and returns
     /// the store.
     pub async fn connect(self, url: &str) -> Result<PgEventStore, SetupError> {
@@ -325,23 +341,24 @@ impl PgEventStoreBuilder {
     pub async fn with_pool(self, pool: PgPool) -> Result<PgEventStore, SetupError> {
         setup::check_schema_name(&self.schema)?;
         setup::migrate(&pool, &self.schema).await?;
-        Ok(PgEventStore {
-            inner: Arc::new(Inner {
-                channel: setup::channel(&self.schema),
-                queries: Queries::new(&self.schema),
-                schema: self.schema,
-                pool,
-                options: Options {
-                    poll_interval: self.poll_interval,
-                    subscription_page: self.subscription_page,
-                    read_your_writes_timeout: self.read_your_writes_timeout,
-                },
-                last_appended: AtomicU64::new(0),
-                wakeups: Arc::new(tokio::sync::watch::Sender::new(0)),
-                listener_started: std::sync::Mutex::new(false),
-                inline: self.inline,
-            }),
-        })
+        let committers = self.group_committers;
+        let inner = Arc::new_cyclic(|weak| Inner {
+            channel: setup::channel(&self.schema),
+            queries: Queries::new(&self.schema),
+            schema: self.schema,
+            pool,
+            options: Options {
+                poll_interval: self.poll_interval,
+                subscription_page: self.subscription_page,
+                read_your_writes_timeout: self.read_your_writes_timeout,
+            },
+            last_appended: AtomicU64::new(0),
+            wakeups: Arc::new(tokio::sync::watch::Sender::new(0)),
+            listener_started: std::sync::Mutex::new(false),
+            inline: self.inline,
+            group: (committers > 0).then(|| group::start(weak.clone(), committers)),
+        });
+        Ok(PgEventStore { inner })
     }
 }
 
@@ -583,6 +600,46 @@ impl PgEventStore {
             self.note_appended(&recorded);
             return Ok(recorded);
         }
+        if let (Some(queue), None) = (&self.inner.group, command) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let pending = group::Pending {
+                stream_id: stream_id.clone(),
+                expected,
+                events,
+                reply,
+            };
+            queue
+                .send(pending)
+                .await
+                .map_err(|_| StoreError::Unavailable("the group-commit queue is closed".into()))?;
+            let recorded = answer.await.map_err(|_| {
+                StoreError::Unavailable("the group committer stopped before answering".into())
+            })??;
+            self.note_appended(&recorded);
+            return Ok(recorded);
+        }
+        self.append_direct_checked(stream_id, expected, events, command)
+            .await
+    }
+
+    /// Appends on its own (no group commit): one statement.
+    pub(crate) async fn append_direct(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.append_direct_checked(stream_id, expected, events, None)
+            .await
+    }
+
+    async fn append_direct_checked(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command: Option<&CommandRecord>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let args = AppendArgs::new(stream_id, expected, &events)?.with_command(command)?;
         let mut attempt = 0;
         let rows = loop {
@@ -1084,7 +1141,7 @@ fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
 /// Maps an error of `append_events(...)` to the store's typed errors.
 /// The typed error for a refusal `append_events()` raised (by SQLSTATE,
 /// with its detail and message), if it is one.
-fn append_refusal(
+pub(crate) fn append_refusal(
     code: &str,
     detail: &str,
     message: &str,

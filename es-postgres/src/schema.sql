@@ -224,3 +224,44 @@ CREATE OR REPLACE FUNCTION __SCHEMA__.readable_bound() RETURNS bigint
 LANGUAGE sql STABLE AS $fn$
     SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint) << 20
 $fn$;
+
+-- Appends several streams' events in one statement, each in a
+-- subtransaction of its own: one refused append (a conflict, say) is
+-- reported as a row and leaves the others standing. Used by group commit:
+-- concurrent appends batched into one transaction.
+-- p_appends: [{stream, kind, expected, ids: [..], types: [..], versions:
+-- [..], payloads: [json text, ..], metadata: [json text, ..]}, ..]
+CREATE OR REPLACE FUNCTION __SCHEMA__.append_batch(p_appends jsonb)
+RETURNS TABLE (out_index integer, out_position bigint, out_version bigint,
+               out_recorded_at timestamptz, out_replayed boolean,
+               out_code text, out_detail text, out_message text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    a jsonb;
+    i integer;
+    v_detail text;
+BEGIN
+    FOR i IN 0 .. jsonb_array_length(p_appends) - 1 LOOP
+        a := p_appends -> i;
+        BEGIN
+            RETURN QUERY
+                SELECT i, r.out_position, r.out_version, r.out_recorded_at, r.out_replayed,
+                       NULL::text, NULL::text, NULL::text
+                FROM __SCHEMA__.append_events(
+                    a ->> 'stream',
+                    (a ->> 'kind')::smallint,
+                    (a ->> 'expected')::bigint,
+                    ARRAY(SELECT x::uuid FROM jsonb_array_elements_text(a -> 'ids') WITH ORDINALITY AS t(x, n) ORDER BY n),
+                    ARRAY(SELECT x FROM jsonb_array_elements_text(a -> 'types') WITH ORDINALITY AS t(x, n) ORDER BY n),
+                    ARRAY(SELECT x::integer FROM jsonb_array_elements_text(a -> 'versions') WITH ORDINALITY AS t(x, n) ORDER BY n),
+                    ARRAY(SELECT x FROM jsonb_array_elements_text(a -> 'payloads') WITH ORDINALITY AS t(x, n) ORDER BY n),
+                    ARRAY(SELECT x FROM jsonb_array_elements_text(a -> 'metadata') WITH ORDINALITY AS t(x, n) ORDER BY n)
+                ) r;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
+            RETURN QUERY SELECT i, NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::boolean,
+                                SQLSTATE::text, v_detail, SQLERRM::text;
+        END;
+    END LOOP;
+END;
+$fn$;
