@@ -68,6 +68,60 @@ CREATE TABLE IF NOT EXISTS __SCHEMA__.snapshots (
     taken_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The events of an append whose ids are all stored, if it is the same
+-- append (same stream, order and content): a retry after a lost reply.
+-- Any other reuse of stored ids raises ESDUP, with where the first one is.
+CREATE OR REPLACE FUNCTION __SCHEMA__.stored_append(
+    p_stream text,
+    p_ids uuid[],
+    p_types text[],
+    p_versions integer[],
+    p_payloads text[],
+    p_metadata text[]
+) RETURNS TABLE (out_position bigint, out_version bigint, out_recorded_at timestamptz, out_replayed boolean)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(array_length(p_ids, 1), 0);
+    v_found integer;
+    v_first record;
+    v_matching integer;
+BEGIN
+    SELECT count(*) INTO v_found FROM __SCHEMA__.events e WHERE e.event_id = ANY (p_ids);
+    SELECT e.stream_id, e.stream_version, e.event_id INTO v_first
+        FROM __SCHEMA__.events e WHERE e.event_id = ANY (p_ids)
+        ORDER BY e.position LIMIT 1;
+    SELECT count(*) INTO v_matching
+        FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadata)
+             WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord)
+        JOIN __SCHEMA__.events e ON e.event_id = u.id
+        WHERE e.stream_id = p_stream
+          AND e.stream_version = v_first.stream_version + u.ord - 1
+          AND e.event_type = u.typ
+          AND e.schema_version = u.ver
+          AND e.payload = u.pay::jsonb
+          AND e.metadata = u.meta::jsonb;
+    IF v_found = n AND v_matching = n THEN
+        RETURN QUERY
+            SELECT e.position, e.stream_version, e.recorded_at, true
+            FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+            JOIN __SCHEMA__.events e ON e.event_id = u.id
+            ORDER BY u.ord;
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'event id % is already stored with other content', v_first.event_id
+        USING ERRCODE = 'ESDUP',
+              DETAIL = json_build_object(
+                  'event_id', v_first.event_id,
+                  'stream_id', v_first.stream_id,
+                  'stream_version', v_first.stream_version,
+                  'reason', CASE
+                      WHEN v_first.stream_id <> p_stream THEN 'the id belongs to another stream'
+                      WHEN v_found <> n THEN 'the append mixes stored and new event ids'
+                      ELSE 'the stored event has other content or order' END)::text;
+END;
+$fn$;
+
 -- Appends one stream's events: one round trip, one statement. Raises
 -- ESWEV (wrong expected version, DETAIL = actual version), ESDUP (event id
 -- stored with other content, DETAIL = JSON of where) or ESINV (malformed).
@@ -94,9 +148,8 @@ DECLARE
     v_closed boolean;
     v_last_position bigint;
     v_command record;
-    v_found integer;
+    v_inserted integer;
     v_first record;
-    v_matching integer;
     v_base bigint;
     v_next bigint;
 BEGIN
@@ -112,42 +165,22 @@ BEGIN
         FROM __SCHEMA__.streams s
         WHERE s.stream_id = p_stream FOR UPDATE;
 
-    -- A retry of an append already stored returns it as first stored.
-    IF n > 0 THEN
-        SELECT count(*) INTO v_found FROM __SCHEMA__.events e WHERE e.event_id = ANY (p_ids);
-        IF v_found > 0 THEN
-            SELECT e.stream_id, e.stream_version, e.event_id INTO v_first
-                FROM __SCHEMA__.events e WHERE e.event_id = ANY (p_ids)
-                ORDER BY e.position LIMIT 1;
-            SELECT count(*) INTO v_matching
-                FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadata)
-                     WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord)
-                JOIN __SCHEMA__.events e ON e.event_id = u.id
-                WHERE e.stream_id = p_stream
-                  AND e.stream_version = v_first.stream_version + u.ord - 1
-                  AND e.event_type = u.typ
-                  AND e.schema_version = u.ver
-                  AND e.payload = u.pay::jsonb
-                  AND e.metadata = u.meta::jsonb;
-            IF v_matching = n THEN
-                RETURN QUERY
-                    SELECT e.position, e.stream_version, e.recorded_at, true
-                    FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
-                    JOIN __SCHEMA__.events e ON e.event_id = u.id
-                    ORDER BY u.ord;
-                RETURN;
-            END IF;
-            RAISE EXCEPTION 'event id % is already stored with other content', v_first.event_id
-                USING ERRCODE = 'ESDUP',
-                      DETAIL = json_build_object(
-                          'event_id', v_first.event_id,
-                          'stream_id', v_first.stream_id,
-                          'stream_version', v_first.stream_version,
-                          'reason', CASE
-                              WHEN v_first.stream_id <> p_stream THEN 'the id belongs to another stream'
-                              WHEN v_found <> n THEN 'the append mixes stored and new event ids'
-                              ELSE 'the stored event has other content or order' END)::text;
+    IF NOT (p_expected_kind = 0
+            OR (p_expected_kind = 1 AND v_current = 0)
+            OR (p_expected_kind = 2 AND v_current > 0)
+            OR (p_expected_kind = 3 AND v_current = p_expected)) THEN
+        -- A retry of an append already stored (its expectation is stale
+        -- now) returns it as first stored.
+        IF n > 0 AND EXISTS (SELECT 1 FROM __SCHEMA__.events e WHERE e.event_id = p_ids[1]) THEN
+            RETURN QUERY SELECT * FROM __SCHEMA__.stored_append(
+                p_stream, p_ids, p_types, p_versions, p_payloads, p_metadata);
+            RETURN;
         END IF;
+        RAISE EXCEPTION 'wrong expected version on stream %', p_stream
+            USING ERRCODE = 'ESWEV', DETAIL = v_current::text;
+    END IF;
+    IF n = 0 THEN
+        RETURN;
     END IF;
 
     -- A command id executed before: its events, not new ones.
@@ -168,16 +201,6 @@ BEGIN
         RAISE EXCEPTION 'stream % is closed', p_stream USING ERRCODE = 'ESCLS';
     END IF;
 
-    IF NOT (p_expected_kind = 0
-            OR (p_expected_kind = 1 AND v_current = 0)
-            OR (p_expected_kind = 2 AND v_current > 0)
-            OR (p_expected_kind = 3 AND v_current = p_expected)) THEN
-        RAISE EXCEPTION 'wrong expected version on stream %', p_stream
-            USING ERRCODE = 'ESWEV', DETAIL = v_current::text;
-    END IF;
-    IF n = 0 THEN
-        RETURN;
-    END IF;
 
     -- Positions: this transaction's id, then the next free index in it.
     v_base := (pg_current_xact_id()::text::bigint) << 20;
@@ -196,6 +219,8 @@ BEGIN
             USING ERRCODE = '40001';
     END IF;
 
+    -- Stored ids are caught by their unique index, not looked up first:
+    -- the common case (new events) pays nothing for idempotency.
     RETURN QUERY
         WITH inserted AS (
             INSERT INTO __SCHEMA__.events AS e
@@ -203,9 +228,30 @@ BEGIN
             SELECT v_next + u.ord - 1, u.id, p_stream, v_current + u.ord, u.typ, u.ver, u.pay::jsonb, u.meta::jsonb
             FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadata)
                  WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord)
+            ON CONFLICT (event_id) DO NOTHING
             RETURNING e.position, e.stream_version, e.recorded_at
         )
         SELECT i.position, i.stream_version, i.recorded_at, false FROM inserted i ORDER BY i.position;
+    GET DIAGNOSTICS v_inserted = ROW_COUNT;
+    IF v_inserted < n THEN
+        IF v_inserted > 0 THEN
+            SELECT e.stream_id, e.stream_version, e.event_id INTO v_first
+                FROM __SCHEMA__.events e
+                WHERE e.event_id = ANY (p_ids) AND NOT (e.position >= v_next AND e.position < v_next + n)
+                ORDER BY e.position LIMIT 1;
+            RAISE EXCEPTION 'event id % is already stored', v_first.event_id
+                USING ERRCODE = 'ESDUP',
+                      DETAIL = json_build_object(
+                          'event_id', v_first.event_id,
+                          'stream_id', v_first.stream_id,
+                          'stream_version', v_first.stream_version,
+                          'reason', 'the append mixes stored and new event ids')::text;
+        END IF;
+        -- Every id is stored already: a retry, or a reuse.
+        RETURN QUERY SELECT * FROM __SCHEMA__.stored_append(
+            p_stream, p_ids, p_types, p_versions, p_payloads, p_metadata);
+        RETURN;
+    END IF;
     UPDATE __SCHEMA__.streams s SET version = v_current + n, last_position = v_next + n - 1
         WHERE s.stream_id = p_stream;
     IF p_command_id IS NOT NULL THEN
