@@ -25,12 +25,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let admin = sqlx::PgPool::connect(&url).await?;
     println!("{appends} appends of 1 event, {tasks} tasks, pool of {tasks}");
     let mut rows = Vec::new();
-    for (label, committers) in [
-        ("group commit off", 0),
-        ("group commit, 2 committers", 2),
-        ("group commit, 4 committers", 4),
-    ] {
-        let schema = format!("es_bench_group_{committers}");
+    let variants = [
+        ("group commit off", 0, true),
+        ("group commit, 2 committers", 2, true),
+        ("group commit, 4 committers", 4, true),
+        ("group commit off, NOTIFY off", 0, false),
+        ("group commit, 2 committers, NOTIFY off", 2, false),
+    ];
+    for (label, committers, notify) in variants {
+        let schema = format!("es_bench_group_{committers}_{notify}");
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .execute(&admin)
             .await?;
@@ -38,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .schema(schema)
             .max_connections(tasks as u32 + committers as u32)
             .group_commit(committers)
+            .notify(notify)
             .connect(&url)
             .await?;
         let rate = run(&store, appends, tasks).await?;

@@ -260,7 +260,11 @@ BEGIN
         VALUES (p_command_id, p_command_type, p_stream, 'accepted', v_current + 1, v_current + n,
                 p_command_payload::jsonb, p_command_metadata::jsonb);
     END IF;
-    PERFORM pg_notify('__CHANNEL__', '');
+    -- Wake the subscribers, unless this connection's store turned it off
+    -- (NOTIFY serialises commits on a global lock).
+    IF coalesce(current_setting('es.notify', true), 'on') <> 'off' THEN
+        PERFORM pg_notify('__CHANNEL__', '');
+    END IF;
 END;
 $fn$;
 
