@@ -86,6 +86,7 @@
 
 mod group;
 mod journal;
+mod notifier;
 mod projection;
 mod setup;
 mod subscription;
@@ -133,6 +134,17 @@ struct Inner {
     inline: Vec<Arc<dyn projection::InlineProjection>>,
     /// The group-commit queue, when group commit is on.
     group: Option<tokio::sync::mpsc::Sender<group::Pending>>,
+    /// Wakes the notifier task after appends (when notify is on).
+    notifier: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Let the notifier see that the store is gone.
+        if let Some(notifier) = &self.notifier {
+            notifier.notify_one();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -325,11 +337,16 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// Whether this handle's appends NOTIFY subscribers (default on).
-    /// NOTIFY takes a global lock at commit, which costs concurrent writers
-    /// about a third of their appends per second here; with it off,
-    /// subscriptions (of any handle) wake by polling, so lower their
-    /// `poll_interval`.
+    /// Whether this handle's appends wake subscribers with NOTIFY (default
+    /// on). A NOTIFY inside a transaction takes a database-wide lock at its
+    /// commit, held through the WAL flush, which would make concurrent
+    /// appends commit one at a time; so the store sends it after the
+    /// commit instead, from a notifier task that coalesces the appends of a
+    /// moment into one NOTIFY. With it off, subscriptions (of any handle)
+    /// wake by polling, so lower their `poll_interval`. A pool given to
+    /// [`PgEventStoreBuilder::with_pool`] should run `SET es.notify = 'off'`
+    /// after connecting to get the same (else its appends NOTIFY in their
+    /// transaction).
     pub fn notify(mut self, notify: bool) -> Self {
         self.notify = notify;
         self
@@ -339,15 +356,15 @@ impl PgEventStoreBuilder {
     /// the store.
     pub async fn connect(self, url: &str) -> Result<PgEventStore, SetupError> {
         setup::check_schema_name(&self.schema)?;
-        let notify = self.notify;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if !notify {
-                        sqlx::Executor::execute(&mut *conn, "SET es.notify = 'off'").await?;
-                    }
+                    // Appends on these connections never NOTIFY inside their
+                    // transaction: the store's notifier sends one after the
+                    // commit (see `PgEventStoreBuilder::notify`).
+                    sqlx::Executor::execute(&mut *conn, "SET es.notify = 'off'").await?;
                     Ok(())
                 })
             })
@@ -363,6 +380,9 @@ impl PgEventStoreBuilder {
         setup::check_schema_name(&self.schema)?;
         setup::migrate(&pool, &self.schema).await?;
         let committers = self.group_committers;
+        let notifier = self
+            .notify
+            .then(|| notifier::start(pool.clone(), setup::channel(&self.schema)));
         let inner = Arc::new_cyclic(|weak| Inner {
             channel: setup::channel(&self.schema),
             queries: Queries::new(&self.schema),
@@ -378,6 +398,7 @@ impl PgEventStoreBuilder {
             listener_started: std::sync::Mutex::new(false),
             inline: self.inline,
             group: (committers > 0).then(|| group::start(weak.clone(), committers)),
+            notifier,
         });
         Ok(PgEventStore { inner })
     }
@@ -688,6 +709,9 @@ impl PgEventStore {
     fn note_appended(&self, recorded: &[RecordedEvent]) {
         if let Some(last) = recorded.iter().map(|e| e.global_position).max() {
             self.inner.last_appended.fetch_max(last, Ordering::Relaxed);
+            if let Some(notifier) = &self.inner.notifier {
+                notifier.notify_one();
+            }
         }
     }
 
