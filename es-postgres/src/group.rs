@@ -60,7 +60,12 @@ async fn commit_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pend
     }
 }
 
-async fn commit(store: PgEventStore, batch: Vec<Pending>) {
+async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
+    // Lock streams in one order in every batch: two committers' batches
+    // that share streams would otherwise deadlock, and a waiting batch
+    // holds back every reader of the log until the deadlock is detected.
+    // The sort is stable, so appends to one stream keep their order.
+    batch.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
     let appends: Vec<serde_json::Value> = batch.iter().map(describe).collect();
     let result = sqlx::query(&format!(
         "SELECT out_index, out_position, out_version, out_recorded_at, out_code, out_detail, \
