@@ -9,7 +9,8 @@
 
 use std::time::Instant;
 
-use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, Payload, StreamId};
+mod support;
+
 use es_postgres::{sqlx, PgEventStore};
 
 #[tokio::main]
@@ -44,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .notify(notify)
             .connect(&url)
             .await?;
-        let rate = run(&store, appends, tasks).await?;
+        let rate = support::concurrent_appends(&store, "bench", appends, tasks).await?;
         rows.push((label.to_owned(), rate));
     }
     let floor = floor(&admin, &url, appends, tasks).await?;
@@ -55,37 +56,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{{\"bench\":\"group_commit\",\"variant\":\"{label}\",\"per_s\":{rate:.0},\"ratio_to_floor\":{:.3}}}", rate / floor);
     }
     Ok(())
-}
-
-async fn run(
-    store: &PgEventStore,
-    appends: usize,
-    tasks: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for task in 0..tasks {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            let stream = StreamId::new(format!("bench-{task}"));
-            for n in 0..appends / tasks {
-                let event = NewEvent::raw(
-                    "Deposited",
-                    1,
-                    Payload::from_json(format!("{{\"amount\":{n}}}")).expect("json"),
-                    Metadata::new(),
-                );
-                store
-                    .append(&stream, ExpectedVersion::Exact(n as u64), vec![event])
-                    .await
-                    .expect("append");
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await?;
-    }
-    Ok((appends / tasks * tasks) as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn floor(

@@ -8,9 +8,8 @@
 //! `cargo bench -p es-postgres --bench ordering_cost [-- APPENDS TASKS ROUNDS]`
 //! (defaults 4000 appends, 8 tasks, 3 rounds; `DATABASE_URL` as for tests).
 
-use std::time::Instant;
+mod support;
 
-use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, Payload, StreamId};
 use es_postgres::PgEventStore;
 
 const XID_POSITION: &str = "    v_base := (pg_current_xact_id()::text::bigint) << 20;
@@ -66,8 +65,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        with.push(run(&xid, appends, tasks, round).await?);
-        without.push(run(&seq, appends, tasks, round).await?);
+        with.push(
+            support::concurrent_appends(&xid, &format!("bench-{round}"), appends, tasks).await?,
+        );
+        without.push(
+            support::concurrent_appends(&seq, &format!("bench-{round}"), appends, tasks).await?,
+        );
     }
     let (with, without) = (median(with), median(without));
     println!(
@@ -92,38 +95,6 @@ async fn fresh(
         .max_connections(tasks as u32)
         .connect(url)
         .await?)
-}
-
-async fn run(
-    store: &PgEventStore,
-    appends: usize,
-    tasks: usize,
-    round: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for task in 0..tasks {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            let stream = StreamId::new(format!("bench-{round}-{task}"));
-            for n in 0..appends / tasks {
-                let event = NewEvent::raw(
-                    "Deposited",
-                    1,
-                    Payload::from_json(format!("{{\"amount\":{n}}}")).expect("json"),
-                    Metadata::new(),
-                );
-                store
-                    .append(&stream, ExpectedVersion::Exact(n as u64), vec![event])
-                    .await
-                    .expect("append");
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await?;
-    }
-    Ok((appends / tasks * tasks) as f64 / started.elapsed().as_secs_f64())
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
