@@ -230,11 +230,22 @@ impl PgEventStore {
                 });
             }
             let mut progress = self.projection_progress(&name).await?;
+            let caught_up = progress.behind == 0
+                && status.state == es_core::projection::ProjectionState::Running;
+            let status = if caught_up {
+                // The checkpoint commits before the runner counts the batch:
+                // let its status catch up, so the last report is complete.
+                let _ = handle
+                    .wait_for(progress.position, Duration::from_secs(10))
+                    .await;
+                handle.status()
+            } else {
+                status
+            };
             progress.events_per_second = status.events_per_second;
             progress.processed = status.processed;
             on_progress(&progress);
-            if progress.behind == 0 && status.state == es_core::projection::ProjectionState::Running
-            {
+            if caught_up {
                 break;
             }
         }
