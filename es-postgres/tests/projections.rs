@@ -215,7 +215,12 @@ fn replay(log: &[RecordedEvent], upto: u64) -> Totals {
 
 /// The checkpoint and the read model, read in one snapshot.
 async fn checkpoint_and_totals(store: &PgEventStore, name: &str) -> (u64, Totals) {
-    let mut tx = store.pool().begin().await.unwrap();
+    // A connection of its own: pooled ones may just have been left by an
+    // aborted runner, and sqlx may still owe them a rollback.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&common::database_url())
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await
