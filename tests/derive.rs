@@ -317,7 +317,7 @@ impl Limits {
 // Keys may be spread over several attributes.
 #[derive(Debug, Default, Aggregate)]
 #[aggregate(event = AccountEvent, command = AccountCommand, error = AccountError)]
-#[aggregate(services = Limits, name = "guarded-account")]
+#[aggregate(services = Limits, name = "guarded_account", shares_event)]
 struct GuardedAccount {
     balance: u64,
 }
@@ -349,7 +349,7 @@ impl GuardedAccount {
 
 #[tokio::test]
 async fn an_aggregate_with_services_awaits_them_in_its_async_handle() {
-    assert_eq!(GuardedAccount::TYPE, "guarded-account");
+    assert_eq!(GuardedAccount::TYPE, "guarded_account");
     let limits = Limits { max_deposit: 100 };
     let mut account = GuardedAccount::default();
 
@@ -384,7 +384,7 @@ async fn an_aggregate_with_services_awaits_them_in_its_async_handle() {
 
 #[allow(clippy::upper_case_acronyms)]
 #[derive(Default, Aggregate)]
-#[aggregate(event = AccountEvent, command = AccountCommand, error = AccountError)]
+#[aggregate(event = AccountEvent, command = AccountCommand, error = AccountError, shares_event)]
 struct HTTPGateway;
 
 impl HTTPGateway {

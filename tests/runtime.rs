@@ -400,7 +400,7 @@ async fn many_aggregates_from_many_tasks() {
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize, Aggregate)]
-#[aggregate(name = "snapped", event = CounterEvent, command = CounterCommand, error = CounterError)]
+#[aggregate(name = "snapped", event = CounterEvent, command = CounterCommand, error = CounterError, shares_event)]
 struct Snapped {
     total: u64,
 }

@@ -211,7 +211,7 @@ impl Limits for FixedLimit {
 }
 
 #[derive(Debug, Default, PartialEq, Aggregate)]
-#[aggregate(event = TallyEvent, command = TallyCommand, error = TooBig, services = FixedLimit)]
+#[aggregate(event = TallyEvent, command = TallyCommand, error = TooBig, services = FixedLimit, shares_event)]
 struct LimitedTally {
     total: u32,
 }

@@ -50,7 +50,15 @@ pub trait Command: Clone + Send + Sync + 'static {
 /// | `command = Type` | the command type | yes |
 /// | `error = Type` | the domain error type | yes |
 /// | `services = Type` | what `handle` may consult (then `handle` is `async`) | no (`()`) |
-/// | `name = "..."` | the aggregate type name, prefix of its streams | no (the struct's name in snake case) |
+/// | `name = "..."` | the aggregate type name, prefix of its streams; no `-` | no (the struct's name in snake case) |
+/// | `shares_event` | another aggregate claims the event type (see below) | no |
+///
+/// The derive also implements [`crate::AggregateEvent`] for the event type:
+/// the event type belongs to this aggregate, and projections over it take
+/// events from this aggregate's streams only. A second aggregate declaring
+/// the same event type does not compile (conflicting implementations),
+/// unless it says `shares_event`: then it reads and writes that type, but
+/// projections over it see only the first aggregate's streams.
 ///
 /// `decide` must not change state (it takes `&self`), and `evolve` must not
 /// fail or do I/O: replaying the same events always gives the same state.

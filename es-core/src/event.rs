@@ -106,6 +106,86 @@ pub trait Event: Sized + Send + Sync + 'static {
         let _ = old;
         None
     }
+
+    /// The aggregate type whose streams hold events of this type, if one
+    /// claims it ([`AggregateEvent`]). A projection over this event type
+    /// takes events from that aggregate's streams only, so two aggregates
+    /// whose events share a type name (`Opened` on an account and on a
+    /// loan) never mix. `#[derive(Event)]` answers
+    /// `Some(<Self as AggregateEvent>::AGGREGATE_TYPE)` when the type
+    /// implements [`AggregateEvent`] (`#[derive(Aggregate)]` does that for
+    /// its event type), else `None`: then events are matched by their type
+    /// name alone, from any stream.
+    fn aggregate_type() -> Option<&'static str> {
+        None
+    }
+}
+
+/// Binds an event type to the one aggregate type that appends it.
+///
+/// `#[derive(Aggregate)]` implements it for the aggregate's `event` type,
+/// so a second aggregate declaring the same event type is a compile error
+/// (conflicting implementations) instead of a silent mix in projections.
+/// Implement it by hand for an event type appended without an aggregate,
+/// or received from another service, to give it the same protection:
+///
+/// ```
+/// use es_core::{AggregateEvent, Event};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize, Event)]
+/// enum LoanEvent { Opened { amount: u64 } }
+///
+/// impl AggregateEvent for LoanEvent {
+///     const AGGREGATE_TYPE: &'static str = "loan";
+/// }
+///
+/// assert_eq!(LoanEvent::aggregate_type(), Some("loan"));
+/// ```
+pub trait AggregateEvent {
+    /// The aggregate type: the part of its streams' ids before the first
+    /// `-`.
+    const AGGREGATE_TYPE: &'static str;
+}
+
+/// Compile-time lookup of an event type's [`AggregateEvent`] impl, for
+/// `#[derive(Event)]`: method resolution on `&&Probe<T>` picks [`Owned`]
+/// when `T: AggregateEvent` and falls back to [`Unowned`] otherwise.
+#[doc(hidden)]
+pub mod owner {
+    use std::marker::PhantomData;
+
+    /// A value standing for the type `T`.
+    pub struct Probe<T>(PhantomData<T>);
+
+    impl<T> Probe<T> {
+        /// The probe.
+        pub const NEW: Self = Probe(PhantomData);
+    }
+
+    /// Chosen when `T` implements [`super::AggregateEvent`].
+    pub trait Owned {
+        /// `T`'s aggregate type.
+        fn aggregate_type(&self) -> Option<&'static str>;
+    }
+
+    impl<T: super::AggregateEvent> Owned for &Probe<T> {
+        fn aggregate_type(&self) -> Option<&'static str> {
+            Some(T::AGGREGATE_TYPE)
+        }
+    }
+
+    /// The fallback: no aggregate claims `T`.
+    pub trait Unowned {
+        /// `None`.
+        fn aggregate_type(&self) -> Option<&'static str>;
+    }
+
+    impl<T> Unowned for Probe<T> {
+        fn aggregate_type(&self) -> Option<&'static str> {
+            None
+        }
+    }
 }
 
 /// The stored event type names of the variants of `E` called `variants`:
@@ -315,6 +395,18 @@ impl RecordedEvent<Payload> {
 }
 
 impl<T> RecordedEvent<T> {
+    /// The aggregate type of the event's stream (the part of its id before
+    /// the first `-`), or `None` for a stream not named by an aggregate.
+    pub fn aggregate_type(&self) -> Option<&str> {
+        self.stream_id.aggregate_type()
+    }
+
+    /// The aggregate id of the event's stream (the part of its id after the
+    /// first `-`), or `None` for a stream not named by an aggregate.
+    pub fn aggregate_id(&self) -> Option<&str> {
+        self.stream_id.aggregate_id()
+    }
+
     /// The same envelope around other data.
     pub fn with_data<U>(&self, data: U) -> RecordedEvent<U> {
         RecordedEvent {

@@ -76,7 +76,7 @@ pub mod testing;
 
 pub use aggregate::{Aggregate, Command};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
-pub use event::{Event, NewEvent, Payload, RecordedEvent};
+pub use event::{AggregateEvent, Event, NewEvent, Payload, RecordedEvent};
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Loaded, Repository, RetryPolicy};
 pub use store::{
@@ -90,9 +90,9 @@ pub use es_macros::{Aggregate, Command, Event, Projection};
 /// Everything a user of the framework usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Command, CommandContext, CommandError, CommandOutcome, Event, EventStore,
-        ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository, StoreError, StreamAppend,
-        StreamId,
+        Aggregate, AggregateEvent, Command, CommandContext, CommandError, CommandOutcome, Event,
+        EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository, StoreError,
+        StreamAppend, StreamId,
     };
 }
 
@@ -100,7 +100,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::event::{
-        decode_struct, decode_variant, encode_struct, encode_variant, handled_event_types,
+        decode_struct, decode_variant, encode_struct, encode_variant, handled_event_types, owner,
     };
     pub use core::future::{ready, Future};
     pub use core::option::Option;

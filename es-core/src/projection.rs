@@ -154,8 +154,9 @@ pub trait Projection: Send + Sync + 'static {
 /// Decodes what a projection handling the stored types `handles` wants of
 /// one event of the global log, without decoding what it does not:
 ///
-/// - an erased event, or a current event of a type it does not handle:
-///   nothing, undecoded;
+/// - an erased event, an event from a stream of another aggregate than the
+///   one that claims `E` ([`Event::aggregate_type`]), or a current event of
+///   a type it does not handle: nothing, undecoded;
 /// - a current event of a handled type: that event;
 /// - an older schema version, or a name the event type no longer has: the
 ///   upcasted events of handled types (a former name of another aggregate's
@@ -166,6 +167,13 @@ pub fn decode_handled<E: Event>(
 ) -> Result<Vec<RecordedEvent<E>>, crate::DecodeError> {
     if event.metadata.erased_at.is_some() {
         return Ok(Vec::new());
+    }
+    // An event type an aggregate claims comes from that aggregate's streams
+    // only: another aggregate's `Opened` is not this one's.
+    if let Some(owner) = E::aggregate_type() {
+        if event.stream_id.aggregate_type() != Some(owner) {
+            return Ok(Vec::new());
+        }
     }
     let current = E::current_version(&event.event_type);
     let known = current.is_some() || E::EVENT_TYPES.contains(&&*event.event_type);

@@ -27,6 +27,8 @@ impl StreamId {
     }
 
     /// The stream of one aggregate instance: `"{aggregate_type}-{id}"`.
+    /// The aggregate type must not contain `-` (the derive refuses such a
+    /// name), so [`StreamId::aggregate_type`] reads it back.
     pub fn for_aggregate(aggregate_type: &str, id: &str) -> Self {
         let mut s = String::with_capacity(aggregate_type.len() + 1 + id.len());
         s.push_str(aggregate_type);
@@ -38,6 +40,28 @@ impl StreamId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The aggregate type of a stream named `"{aggregate type}-{id}"`: the
+    /// text before the first `-` (aggregate type names cannot contain one),
+    /// or `None` when there is no `-`.
+    ///
+    /// ```
+    /// use es_core::StreamId;
+    ///
+    /// let id = StreamId::for_aggregate("account", "eu-42");
+    /// assert_eq!(id.aggregate_type(), Some("account"));
+    /// assert_eq!(id.aggregate_id(), Some("eu-42"));
+    /// assert_eq!(StreamId::from("settings").aggregate_type(), None);
+    /// ```
+    pub fn aggregate_type(&self) -> Option<&str> {
+        self.0.split_once('-').map(|(ty, _)| ty)
+    }
+
+    /// The aggregate id of a stream named `"{aggregate type}-{id}"`: the
+    /// text after the first `-`, or `None` when there is no `-`.
+    pub fn aggregate_id(&self) -> Option<&str> {
+        self.0.split_once('-').map(|(_, id)| id)
     }
 }
 

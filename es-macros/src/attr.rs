@@ -161,6 +161,9 @@ pub(crate) struct AggregateAttrs<'a> {
     pub services: Option<Type>,
     /// `name = "..."`: the aggregate type name.
     pub name: Option<LitStr>,
+    /// `shares_event`: the event type is claimed by another aggregate, so
+    /// this one does not implement `AggregateEvent` for it.
+    pub shares_event: bool,
     /// The keys given, well-formed or not: a key with a bad value is not
     /// also reported missing.
     pub given: Vec<String>,
@@ -187,11 +190,17 @@ pub(crate) fn aggregate_attrs<'a>(cx: &mut Errors, attrs: &'a [Attribute]) -> Ag
             } else if meta.path.is_ident("name") {
                 let name = string_value(meta, r#"name = "bank_account""#)?;
                 return set_once(&mut out.name, name, meta, "aggregate");
+            } else if meta.path.is_ident("shares_event") {
+                if out.shares_event {
+                    return Err(meta.error("duplicate `shares_event` in `#[aggregate(...)]`"));
+                }
+                out.shares_event = true;
+                return Ok(());
             } else {
                 return Err(unknown_key(
                     meta,
                     "aggregate",
-                    "`event`, `command`, `error`, `services` or `name`",
+                    "`event`, `command`, `error`, `services`, `name` or `shares_event`",
                 ));
             };
             let ty = type_value(meta)?;

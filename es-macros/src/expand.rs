@@ -234,6 +234,16 @@ fn event(input: &EventInput) -> TokenStream {
 
                 #body
 
+                fn aggregate_type() -> #private::Option<&'static #str> {
+                    // `AggregateEvent` if an aggregate claims this type
+                    // (its derive implements it), else `None`: resolved at
+                    // compile time by method lookup on a concrete type.
+                    #[allow(unused_imports)]
+                    use #private::owner::{Owned as _, Unowned as _};
+                    #[allow(clippy::needless_borrow)]
+                    (&&#private::owner::Probe::<Self>::NEW).aggregate_type()
+                }
+
                 #upcast
             }
         };
@@ -333,6 +343,18 @@ fn aggregate(input: &AggregateInput) -> TokenStream {
         ),
     };
 
+    // The event type belongs to this aggregate: projections take its events
+    // from this aggregate's streams only, and a second aggregate claiming
+    // the same event type does not compile.
+    let claim = (!attrs.shares_event).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #root::AggregateEvent for #event {
+                const AGGREGATE_TYPE: &'static ::core::primitive::str = #name;
+            }
+        }
+    });
+
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -357,6 +379,8 @@ fn aggregate(input: &AggregateInput) -> TokenStream {
                     #ident::apply(self, event)
                 }
             }
+
+            #claim
         };
     }
 }

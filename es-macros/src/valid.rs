@@ -184,6 +184,16 @@ pub(crate) fn aggregate(cx: &mut Errors, input: &AggregateInput) {
     let attrs = &input.attrs;
     if let Some(name) = &attrs.name {
         not_blank(cx, name, "an aggregate type name");
+        // A stream id is `"{aggregate type}-{id}"`, read back by splitting
+        // at the first `-`: a `-` in the type would make that ambiguous.
+        if name.value().contains('-') {
+            cx.error_spanned_by(
+                name,
+                "an aggregate type name cannot contain `-`: streams are named \
+                 `\"{type}-{id}\"` and the type is read back up to the first `-`; \
+                 use `_` or `.` instead",
+            );
+        }
     }
     let missing: Vec<String> = ["event", "command", "error"]
         .into_iter()
