@@ -73,8 +73,38 @@ impl Metadata {
         self
     }
 
-    /// Adds a user key. The names of the fields above are reserved: a user
-    /// key with one of them would read back as that field.
+    /// The names of the known fields, stored beside the user keys in one
+    /// JSON object: a user key cannot take one of them (it would be stored
+    /// twice, or read back as that field — `erased_at` would mark the event
+    /// erased), so every store refuses such an append with
+    /// [`crate::StoreError::InvalidAppend`].
+    pub const RESERVED_KEYS: &'static [&'static str] = &[
+        "correlation_id",
+        "causation_id",
+        "command_id",
+        "actor",
+        "erased_at",
+        "timestamp",
+    ];
+
+    /// The first user key that takes a reserved name
+    /// ([`Metadata::RESERVED_KEYS`]), if any.
+    ///
+    /// ```
+    /// use es_core::Metadata;
+    ///
+    /// assert_eq!(Metadata::new().with("tenant", 1).reserved_user_key(), None);
+    /// assert_eq!(Metadata::new().with("timestamp", 1).reserved_user_key(), Some("timestamp"));
+    /// ```
+    pub fn reserved_user_key(&self) -> Option<&str> {
+        self.extra
+            .keys()
+            .map(String::as_str)
+            .find(|key| Self::RESERVED_KEYS.contains(key))
+    }
+
+    /// Adds a user key. The names in [`Metadata::RESERVED_KEYS`] are
+    /// reserved: an event whose metadata uses one is refused at append.
     pub fn with(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.extra.insert(key.into(), value.into());
         self
@@ -180,7 +210,9 @@ impl CommandContext {
         self
     }
 
-    /// Adds a user key.
+    /// Adds a user key. The names in [`Metadata::RESERVED_KEYS`] are
+    /// reserved: a command whose context uses one fails at append with
+    /// [`crate::StoreError::InvalidAppend`].
     pub fn with(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.extra.insert(key.into(), value.into());
         self

@@ -95,11 +95,32 @@ impl StreamAppend {
 /// Checks one append before it reaches a store: an event id may appear
 /// once. Stores call it, so every store refuses the same shapes.
 pub fn check_events(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    check_metadata(stream_id, events)?;
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     match events.iter().find(|e| !seen.insert(e.event_id)) {
         Some(dup) => Err(StoreError::InvalidAppend {
             stream_id: stream_id.clone(),
             reason: format!("event id {} appears twice in one append", dup.event_id),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses user metadata keys that take a known field's name: stored beside
+/// the known fields in one JSON object, they would be stored twice (no
+/// longer decodable on PostgreSQL) or read back as that field.
+fn check_metadata(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    match events
+        .iter()
+        .find_map(|e| e.metadata.reserved_user_key().map(|key| (e, key)))
+    {
+        Some((event, key)) => Err(StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!(
+                "event {}: the metadata user key `{key}` is reserved for the field of that \
+                 name; choose another key",
+                event.event_id
+            ),
         }),
         None => Ok(()),
     }
@@ -117,6 +138,7 @@ pub fn check_appends(appends: &[StreamAppend]) -> Result<(), StoreError> {
                 reason: "the stream appears twice in one atomic append".into(),
             });
         }
+        check_metadata(&write.stream_id, &write.events)?;
         if let Some(dup) = write.events.iter().find(|e| !ids.insert(e.event_id)) {
             return Err(StoreError::InvalidAppend {
                 stream_id: write.stream_id.clone(),

@@ -50,6 +50,7 @@ macro_rules! conformance_suite {
             retried_append_stores_nothing_twice,
             reused_event_id_with_other_content_is_refused,
             repeated_event_id_within_one_append_is_refused,
+            reserved_metadata_keys_are_refused,
             read_stream_pages_from_a_version,
             read_all_pages_in_one_stable_order,
             stream_ids_are_stored_literally,
@@ -466,6 +467,49 @@ pub async fn repeated_event_id_within_one_append_is_refused<S: EventStore>(store
         "got {refused:?}"
     );
     assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+/// A user metadata key named like a known field (`timestamp`,
+/// `erased_at`, …) is refused on every append path; nothing is written.
+pub async fn reserved_metadata_keys_are_refused<S: EventStore>(store: S) {
+    let stream = StreamId::from("reserved-1");
+    for key in Metadata::RESERVED_KEYS {
+        let mut bad = event(1);
+        bad.metadata = bad.metadata.with(*key, "user value");
+        let refused = store
+            .append(&stream, ExpectedVersion::Any, vec![event(2), bad.clone()])
+            .await;
+        match refused {
+            Err(StoreError::InvalidAppend { reason, .. }) => {
+                assert!(reason.contains(key), "{key}: {reason}")
+            }
+            other => panic!("{key}: got {other:?}"),
+        }
+        let refused = store
+            .append_atomic(vec![
+                StreamAppend::new("reserved-2", ExpectedVersion::Any, vec![event(3)]),
+                StreamAppend::new(stream.clone(), ExpectedVersion::Any, vec![bad]),
+            ])
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::InvalidAppend { .. })),
+            "{key}: got {refused:?}"
+        );
+    }
+    assert_eq!(store.head_position().await.unwrap(), 0);
+    // A key that is not reserved is kept and read back.
+    let mut good = event(4);
+    good.metadata = good.metadata.with("tenant", "acme");
+    store
+        .append(&stream, ExpectedVersion::Any, vec![good])
+        .await
+        .unwrap();
+    let read = read_whole_stream(&store, &stream).await;
+    assert_eq!(
+        read[0].metadata.get("tenant"),
+        Some(&serde_json::json!("acme"))
+    );
+    assert_eq!(read[0].metadata.erased_at, None);
 }
 
 /// A stream reads from a version, with a limit; a missing stream or a
