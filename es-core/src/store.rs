@@ -49,6 +49,12 @@ pub enum JournalOutcome {
     },
 }
 
+impl JournalOutcome {
+    /// The error text of a rejected command after its stream was erased:
+    /// the original text may quote personal data.
+    pub const ERASED_ERROR: &'static str = "(erased with its stream)";
+}
+
 /// One command in a stream's journal: what was asked, by whom, and what it
 /// caused.
 #[derive(Debug, Clone, PartialEq)]
@@ -352,7 +358,10 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// Erases a stream's personal data: closes it, replaces every payload
     /// with `{}`, drops the actor and user keys from the metadata, and
-    /// stamps `metadata.erased_at`. The events keep their ids, types,
+    /// stamps `metadata.erased_at`; in its command journal, drops the
+    /// payloads, actors and user keys and replaces rejection texts with
+    /// [`JournalOutcome::ERASED_ERROR`]; drops its snapshot; and where the
+    /// store keeps parked events, replaces their error texts too. The events keep their ids, types,
     /// versions and positions, so the log keeps its shape: projections skip
     /// erased events (their checkpoints move past them) and loading the
     /// aggregate fails with [`crate::DecodeErrorKind::Erased`]. Returns how

@@ -431,6 +431,11 @@ impl EventStore for MemoryStore {
         for entry in log.journal.iter_mut().filter(|e| e.stream_id == *stream_id) {
             entry.command.payload = None;
             entry.command.metadata.actor = None;
+            entry.command.metadata.extra.clear();
+            entry.command.metadata.erased_at = Some(now);
+            if let JournalOutcome::Rejected { error } = &mut entry.outcome {
+                *error = JournalOutcome::ERASED_ERROR.into();
+            }
         }
         Ok(indices.len() as u64)
     }

@@ -145,9 +145,27 @@ pub(crate) async fn erase(store: &PgEventStore, stream_id: &StreamId) -> Result<
     .map_err(unavailable_or_backend)?;
     // Commands carry personal data too.
     sqlx::query(&format!(
-        "UPDATE {s}.commands SET payload = NULL, metadata = metadata - 'actor' WHERE stream_id = $1"
+        "UPDATE {s}.commands SET payload = NULL, \
+             error = CASE WHEN error IS NULL THEN NULL ELSE $2 END, \
+             metadata = jsonb_strip_nulls(jsonb_build_object( \
+                 'correlation_id', metadata->'correlation_id', \
+                 'causation_id', metadata->'causation_id', \
+                 'command_id', metadata->'command_id', \
+                 'timestamp', metadata->'timestamp', \
+                 'erased_at', to_jsonb(now()))) \
+         WHERE stream_id = $1"
     ))
     .bind(stream_id.as_str())
+    .bind(JournalOutcome::ERASED_ERROR)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable_or_backend)?;
+    // A parked event's error text may quote the event's data.
+    sqlx::query(&format!(
+        "UPDATE {s}.parked_events SET error = $2 WHERE stream_id = $1"
+    ))
+    .bind(stream_id.as_str())
+    .bind(JournalOutcome::ERASED_ERROR)
     .execute(&mut *tx)
     .await
     .map_err(unavailable_or_backend)?;

@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             correlation_reads_one_business_transaction,
             a_closed_stream_takes_no_more_events,
             erasing_a_stream_keeps_the_log_shape,
+            erasing_a_stream_erases_its_journal,
         );
     };
     (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
@@ -1430,6 +1431,80 @@ pub async fn erasing_a_stream_keeps_the_log_shape<S: EventStore>(store: S) {
         read_whole_log(&store).await.len(),
         4,
         "the log keeps its shape"
+    );
+}
+
+/// Erasing a stream erases the personal data its command journal holds
+/// too: payloads, who asked, user keys, and the text of rejections (which
+/// may quote the data). The journal keeps its shape (ids, types, outcomes,
+/// versions); other streams' commands are untouched.
+pub async fn erasing_a_stream_erases_its_journal<S: EventStore>(store: S) {
+    let stream = StreamId::from("person-2");
+    let personal = |payload: serde_json::Value| {
+        let mut record = command(Uuid::now_v7(), Some(payload));
+        record.metadata = record.metadata.with("email", "ada@example.com");
+        record
+    };
+    let accepted = personal(serde_json::json!({ "name": "Ada" }));
+    store
+        .append_for_command(&accepted, &stream, ExpectedVersion::NoStream, events(0..1))
+        .await
+        .unwrap();
+    store
+        .record_rejected_command(
+            &personal(serde_json::json!({ "name": "Ada" })),
+            &stream,
+            "Ada Lovelace (ada@example.com) is blocked",
+        )
+        .await
+        .unwrap();
+    let other = StreamId::from("person-3");
+    store
+        .record_rejected_command(
+            &personal(serde_json::json!({ "name": "Grace" })),
+            &other,
+            "Grace is blocked",
+        )
+        .await
+        .unwrap();
+    store.erase_stream(&stream).await.unwrap();
+    let journal = store.command_journal(&stream).await.unwrap();
+    assert_eq!(journal.len(), 2, "the journal keeps its shape");
+    assert_eq!(journal[0].command.command_id, accepted.command_id);
+    assert_eq!(
+        journal[0].outcome,
+        JournalOutcome::Accepted {
+            first_version: 1,
+            last_version: 1
+        }
+    );
+    assert_eq!(
+        journal[1].outcome,
+        JournalOutcome::Rejected {
+            error: JournalOutcome::ERASED_ERROR.into()
+        }
+    );
+    for entry in &journal {
+        assert_eq!(entry.command.payload, None);
+        assert_eq!(entry.command.metadata.actor, None);
+        assert!(
+            entry.command.metadata.extra.is_empty(),
+            "user keys are erased: {:?}",
+            entry.command.metadata.extra
+        );
+        assert!(entry.command.metadata.erased_at.is_some());
+        assert_eq!(entry.command.command_type, "Deposit");
+    }
+    let untouched = store.command_journal(&other).await.unwrap();
+    assert_eq!(
+        untouched[0].outcome,
+        JournalOutcome::Rejected {
+            error: "Grace is blocked".into()
+        }
+    );
+    assert_eq!(
+        untouched[0].command.metadata.get("email"),
+        Some(&serde_json::json!("ada@example.com"))
     );
 }
 
