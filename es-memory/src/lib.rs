@@ -288,7 +288,7 @@ impl Log {
             }
             if stored.event_type != new.event_type
                 || stored.schema_version != new.schema_version
-                || stored.data != new.payload
+                || !stored.data.same_json(&new.payload)
                 || stored.metadata != new.metadata
             {
                 return Err(duplicate(stored, "the stored event has other content"));

@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             empty_append_checks_expectation_and_writes_nothing,
             retried_append_stores_nothing_twice,
             reused_event_id_with_other_content_is_refused,
+            retry_compares_payloads_as_json_values,
             repeated_event_id_within_one_append_is_refused,
             reserved_metadata_keys_are_refused,
             read_stream_pages_from_a_version,
@@ -454,6 +455,44 @@ pub async fn reused_event_id_with_other_content_is_refused<S: EventStore>(store:
     );
     assert_eq!(read_whole_log(&store).await.len(), 1);
     assert_eq!(store.stream_version(&elsewhere).await.unwrap(), 0);
+}
+
+/// A retry is recognised by the JSON value of its payload, not its text:
+/// the same event re-sent with other spacing, key order or number
+/// spelling stores nothing twice on every store (PostgreSQL compares
+/// `jsonb`), while another value under the same id is refused.
+pub async fn retry_compares_payloads_as_json_values<S: EventStore>(store: S) {
+    let stream = StreamId::from("json-1");
+    let with = |text: &str| {
+        NewEvent::raw(
+            "Tested",
+            1,
+            Payload::from_json(text).unwrap(),
+            Metadata::new(),
+        )
+    };
+    let first = with(r#"{"n": 1, "tags": ["a", "b"], "price": 2.0}"#);
+    let stored = store
+        .append(&stream, ExpectedVersion::NoStream, vec![first.clone()])
+        .await
+        .unwrap();
+    let mut respelled = with(r#"{"price":2,"tags":["a","b"],"n":1}"#).with_id(first.event_id);
+    respelled.metadata = first.metadata.clone();
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, vec![respelled])
+        .await
+        .expect("the same JSON value is a retry");
+    assert_eq!(ids(&again), ids(&stored));
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
+    let mut other = with(r#"{"n": 2, "tags": ["a", "b"], "price": 2.0}"#).with_id(first.event_id);
+    other.metadata = first.metadata.clone();
+    let refused = store
+        .append(&stream, ExpectedVersion::Any, vec![other])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::DuplicateEventId { .. })),
+        "got {refused:?}"
+    );
 }
 
 /// One event id twice in one append is refused; nothing is written.
