@@ -126,6 +126,9 @@ struct Inner {
     /// The highest position this handle appended, so its own reads of the
     /// global log can wait until those events are readable.
     last_appended: AtomicU64,
+    /// The highest own position already seen readable: reads need not ask
+    /// the server again until this handle appends past it.
+    own_readable: AtomicU64,
     /// Counts NOTIFYs on the channel; subscriptions wait for it to move.
     wakeups: Arc<tokio::sync::watch::Sender<u64>>,
     /// Whether the listener task runs.
@@ -307,7 +310,9 @@ impl PgEventStoreBuilder {
     }
 
     /// How long `read_all` waits for this handle's own appends to become
-    /// readable (default 5 s) before it returns what is readable.
+    /// readable (default 5 s) before it returns what is readable. It waits
+    /// once per append: a later read does not wait again for the same
+    /// positions.
     pub fn read_your_writes_timeout(mut self, timeout: Duration) -> Self {
         self.read_your_writes_timeout = timeout;
         self
@@ -394,6 +399,7 @@ impl PgEventStoreBuilder {
                 read_your_writes_timeout: self.read_your_writes_timeout,
             },
             last_appended: AtomicU64::new(0),
+            own_readable: AtomicU64::new(0),
             wakeups: Arc::new(tokio::sync::watch::Sender::new(0)),
             listener_started: std::sync::Mutex::new(false),
             inline: self.inline,
@@ -457,6 +463,12 @@ impl PgEventStore {
         &self.inner.schema
     }
 
+    /// The channel on which appends NOTIFY subscribers (`"{schema}_events"`),
+    /// for tools that LISTEN themselves.
+    pub fn notify_channel(&self) -> &str {
+        &self.inner.channel
+    }
+
     /// Runs the migrations again (they are idempotent); `connect` already did.
     pub async fn migrate(&self) -> Result<(), SetupError> {
         setup::migrate(&self.inner.pool, &self.inner.schema).await
@@ -485,12 +497,53 @@ impl PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         check_batch(stream_id, &events)?;
-        self.append_on(conn, stream_id, expected, events, None)
-            .await
+        let recorded = self
+            .append_on(&mut *conn, stream_id, expected, events, None)
+            .await?;
+        self.announce_in(conn, &recorded).await?;
+        Ok(recorded)
+    }
+
+    /// After an append inside the caller's transaction: subscribers must
+    /// wake when that transaction commits — not before (they would read
+    /// nothing and sleep through the commit), and not never. A NOTIFY sent
+    /// in the transaction is delivered by PostgreSQL at its commit, and
+    /// dropped with a rollback. (It takes the database-wide NOTIFY lock at
+    /// that commit, which the handle's own appends avoid by announcing
+    /// after theirs.) The handle's reads of the global log then wait for
+    /// those positions as for its own appends.
+    async fn announce_in(
+        &self,
+        conn: &mut PgConnection,
+        recorded: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        let Some(last) = recorded.iter().map(|e| e.global_position).max() else {
+            return Ok(());
+        };
+        if self.inner.notifier.is_some() {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&self.inner.channel)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable_or_backend)?;
+        }
+        self.inner.last_appended.fetch_max(last, Ordering::Relaxed);
+        Ok(())
     }
 
     /// [`EventStore::append_atomic`] inside the caller's transaction.
     pub async fn append_atomic_in(
+        &self,
+        conn: &mut PgConnection,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        let results = self.append_atomic_on(&mut *conn, appends).await?;
+        self.announce_in(conn, &results.concat()).await?;
+        Ok(results)
+    }
+
+    /// The atomic append's statements on `conn`, without announcing them.
+    async fn append_atomic_on(
         &self,
         conn: &mut PgConnection,
         appends: Vec<StreamAppend>,
@@ -531,12 +584,7 @@ impl PgEventStore {
                 .await?;
             results[i] = Some(recorded);
         }
-        let results: Vec<Vec<RecordedEvent>> =
-            results.into_iter().map(Option::unwrap_or_default).collect();
-        for recorded in &results {
-            self.note_appended(recorded);
-        }
-        Ok(results)
+        Ok(results.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// What the global log's readers can read, and what holds them back.
@@ -752,24 +800,42 @@ impl PgEventStore {
         Ok((events, None))
     }
 
-    /// Waits until this handle's own appends are readable (bounded).
+    /// Waits until this handle's own appends are readable (bounded). Asks
+    /// the server only while an own append has not yet been seen readable,
+    /// and then with back-off (2 ms, doubling to 100 ms): a transaction
+    /// left open elsewhere costs a waiting read a few dozen queries, not
+    /// thousands, and later reads none.
     async fn await_own_writes(&self) -> Result<(), StoreError> {
         let own = self.inner.last_appended.load(Ordering::Relaxed);
-        if own == 0 {
+        if own <= self.inner.own_readable.load(Ordering::Relaxed) {
             return Ok(());
         }
         let started = Instant::now();
+        let mut pause = Duration::from_millis(2);
         loop {
             let bound: i64 = sqlx::query_scalar(&self.inner.queries.readable_bound)
                 .fetch_one(&self.inner.pool)
                 .await
                 .map_err(unavailable_or_backend)?;
-            if bound as u64 > own
-                || started.elapsed() >= self.inner.options.read_your_writes_timeout
-            {
+            if bound as u64 > own {
+                self.inner.own_readable.fetch_max(own, Ordering::Relaxed);
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            if started.elapsed() >= self.inner.options.read_your_writes_timeout {
+                tracing::warn!(
+                    schema = %self.inner.schema,
+                    own_position = own,
+                    "own appends are still not readable: an older transaction is open \
+                     (see PgEventStore::status); reading what is readable"
+                );
+                // Waited once: later reads do not wait again for the same
+                // appends, so one transaction left open elsewhere does not
+                // make every read of this handle slow.
+                self.inner.own_readable.fetch_max(own, Ordering::Relaxed);
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 }
@@ -860,7 +926,7 @@ impl EventStore for PgEventStore {
             .begin()
             .await
             .map_err(unavailable_or_backend)?;
-        let results = self.append_atomic_in(&mut tx, appends).await?;
+        let results = self.append_atomic_on(&mut tx, appends).await?;
         tx.commit().await.map_err(unavailable_or_backend)?;
         for recorded in &results {
             self.note_appended(recorded);
