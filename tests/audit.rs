@@ -195,7 +195,10 @@ async fn a_reaction_carries_its_cause_and_the_correlation<S: EventStore>(store: 
     assert_eq!(metadata.correlation_id, Some(start.command_id));
     assert_eq!(metadata.command_id, Some(reaction.command_id));
     assert_eq!(metadata.actor.as_deref(), Some("welcome-bonus"));
-    let trail = store.read_correlation(start.command_id).await.unwrap();
+    let trail = store
+        .read_correlation(start.command_id, 0, 100)
+        .await
+        .unwrap();
     let trail: Vec<(String, u64)> = trail
         .iter()
         .map(|e| (e.stream_id.to_string(), e.stream_version))

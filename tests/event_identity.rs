@@ -5,6 +5,7 @@
 //! (the generic runner into a memory read model, the PostgreSQL runner
 //! into a table, and inline projections).
 
+#[allow(unused_macros)]
 mod common;
 
 use std::collections::BTreeMap;

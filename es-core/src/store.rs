@@ -319,14 +319,18 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         }
     }
 
-    /// Every event of one business transaction (one correlation id), across
-    /// streams, in log order: its audit trail. The default reads the whole
-    /// log; stores index it.
+    /// Up to `limit` events of one business transaction (one correlation
+    /// id), across streams, in log order, from `from_position` (inclusive)
+    /// on: its audit trail, a page at a time (pass the last position + 1 to
+    /// read on). Stores index it; the default pages through the global log
+    /// from `from_position`, holding at most `limit` events.
     fn read_correlation(
         &self,
         correlation_id: Uuid,
+        from_position: u64,
+        limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        let log = self.log_events(0);
+        let log = self.log_events(from_position);
         async move {
             log.filter(|e| {
                 let keep = match e {
@@ -335,6 +339,7 @@ pub trait EventStore: Clone + Send + Sync + 'static {
                 };
                 futures::future::ready(keep)
             })
+            .take(limit)
             .collect::<Vec<_>>()
             .await
             .into_iter()

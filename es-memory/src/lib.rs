@@ -81,8 +81,30 @@ struct Log {
     journal: Vec<JournalEntry>,
     /// Accepted command ids, as indices into `journal`.
     accepted: HashMap<Uuid, usize>,
+    /// Every recorded command id, as indices into `journal`, oldest first.
+    commands: HashMap<Uuid, Vec<usize>>,
+    /// Each stream's journal, as indices into `journal`.
+    journals: HashMap<StreamId, Vec<usize>>,
+    /// Each correlation id's events, as indices into `events`.
+    correlations: HashMap<Uuid, Vec<usize>>,
     /// Streams that take no more events.
     closed: HashSet<StreamId>,
+}
+
+impl Log {
+    /// Adds a command to the journal and its indexes.
+    fn record(&mut self, entry: JournalEntry) {
+        let index = self.journal.len();
+        self.commands
+            .entry(entry.command.command_id)
+            .or_default()
+            .push(index);
+        self.journals
+            .entry(entry.stream_id.clone())
+            .or_default()
+            .push(index);
+        self.journal.push(entry);
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -201,12 +223,19 @@ impl MemoryStore {
                     events: all,
                     streams,
                     ids,
+                    correlations,
                     ..
                 } = &mut *log;
                 let indices = streams.entry(stream_id).or_default();
                 for (i, event) in recorded.iter().enumerate() {
                     ids.insert(event.event_id, first_index + i);
                     indices.push(first_index + i);
+                    if let Some(correlation) = event.metadata.correlation_id {
+                        correlations
+                            .entry(correlation)
+                            .or_default()
+                            .push(first_index + i);
+                    }
                 }
                 all.extend(recorded.iter().cloned());
             }
@@ -215,7 +244,7 @@ impl MemoryStore {
             {
                 let index = log.journal.len();
                 log.accepted.insert(command.command_id, index);
-                log.journal.push(JournalEntry {
+                log.record(JournalEntry {
                     command: command.clone(),
                     stream_id: first.stream_id.clone(),
                     outcome: JournalOutcome::Accepted {
@@ -362,7 +391,7 @@ impl EventStore for MemoryStore {
         stream_id: &StreamId,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.write().journal.push(JournalEntry {
+        self.write().record(JournalEntry {
             command: command.clone(),
             stream_id: stream_id.clone(),
             outcome: JournalOutcome::Rejected {
@@ -378,34 +407,33 @@ impl EventStore for MemoryStore {
         if let Some(&i) = log.accepted.get(&command_id) {
             return Ok(Some(log.journal[i].clone()));
         }
-        Ok(log
-            .journal
-            .iter()
-            .rev()
-            .find(|e| e.command.command_id == command_id)
-            .cloned())
+        let latest = log.commands.get(&command_id).and_then(|all| all.last());
+        Ok(latest.map(|&i| log.journal[i].clone()))
     }
 
     async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
-        Ok(self
-            .read()
-            .journal
-            .iter()
-            .filter(|e| e.stream_id == *stream_id)
-            .cloned()
-            .collect())
+        let log = self.read();
+        let indices = log.journals.get(stream_id).map_or(&[][..], Vec::as_slice);
+        Ok(indices.iter().map(|&i| log.journal[i].clone()).collect())
     }
 
     async fn read_correlation(
         &self,
         correlation_id: Uuid,
+        from_position: u64,
+        limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(self
-            .read()
-            .events
+        let log = self.read();
+        let indices = log
+            .correlations
+            .get(&correlation_id)
+            .map_or(&[][..], Vec::as_slice);
+        // Index i holds position i + 1.
+        let start = indices.partition_point(|&i| (i as u64 + 1) < from_position);
+        Ok(indices[start..]
             .iter()
-            .filter(|e| e.metadata.correlation_id == Some(correlation_id))
-            .cloned()
+            .take(limit)
+            .map(|&i| log.events[i].clone())
             .collect())
     }
 
@@ -428,7 +456,9 @@ impl EventStore for MemoryStore {
         }
         log.snapshots.remove(stream_id);
         // Commands carry personal data too.
-        for entry in log.journal.iter_mut().filter(|e| e.stream_id == *stream_id) {
+        let journal = log.journals.get(stream_id).cloned().unwrap_or_default();
+        for i in journal {
+            let entry = &mut log.journal[i];
             entry.command.payload = None;
             entry.command.metadata.actor = None;
             entry.command.metadata.extra.clear();

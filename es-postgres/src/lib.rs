@@ -198,7 +198,8 @@ impl Queries {
             read_correlation: format!(
                 "SELECT {columns} FROM {s}.events e \
                  WHERE e.metadata ? 'correlation_id' AND e.metadata->>'correlation_id' = $1 \
-                 ORDER BY e.position"
+                   AND e.position >= $2 AND e.position < {s}.readable_bound() \
+                 ORDER BY e.position LIMIT $3"
             ),
             head_position: format!(
                 "SELECT coalesce(max(e.position), 0) FROM {s}.events e \
@@ -892,9 +893,14 @@ impl EventStore for PgEventStore {
     async fn read_correlation(
         &self,
         correlation_id: uuid::Uuid,
+        from_position: u64,
+        limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.await_own_writes().await?;
         let rows = sqlx::query(&self.inner.queries.read_correlation)
             .bind(correlation_id.to_string())
+            .bind(to_i64(from_position))
+            .bind(to_i64(limit as u64))
             .fetch_all(&self.inner.pool)
             .await
             .map_err(unavailable_or_backend)?;

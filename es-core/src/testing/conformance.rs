@@ -1349,13 +1349,25 @@ pub async fn correlation_reads_one_business_transaction<S: EventStore>(store: S)
         expected.extend(ids(&a));
         expected.extend(ids(&b));
     }
-    let trail = store.read_correlation(correlation).await.unwrap();
+    let trail = store.read_correlation(correlation, 0, 1000).await.unwrap();
     assert_eq!(ids(&trail), expected);
     assert!(trail
         .windows(2)
         .all(|w| w[0].global_position < w[1].global_position));
+    // A page at a time: at most `limit` events, read on from the next
+    // position, and together the whole trail.
+    let mut paged = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = store.read_correlation(correlation, from, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        from = last.global_position + 1;
+        paged.extend(page);
+    }
+    assert_eq!(ids(&paged), expected);
     assert!(store
-        .read_correlation(Uuid::now_v7())
+        .read_correlation(Uuid::now_v7(), 0, 1000)
         .await
         .unwrap()
         .is_empty());
