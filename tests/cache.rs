@@ -175,7 +175,35 @@ async fn a_small_cache_stays_correct<S: EventStore>(store: S) {
     }
 }
 
+/// A burst of concurrent commands to more aggregates than the capacity:
+/// while they run each holds its aggregate, and once they are done the
+/// cache holds no more than its capacity.
+async fn a_burst_does_not_leave_the_cache_past_its_capacity<S: EventStore>(store: S) {
+    let accounts = Repository::<Account, _>::new(store).with_cache(4);
+    let burst = (0..32).map(|n| {
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            accounts
+                .execute(AccountCommand::Deposit {
+                    id: format!("burst-{n}"),
+                    amount: 1,
+                })
+                .await
+        })
+    });
+    for outcome in futures::future::join_all(burst).await {
+        outcome.unwrap().unwrap();
+    }
+    assert!(
+        accounts.cached_aggregates() <= 4,
+        "{} aggregates cached",
+        accounts.cached_aggregates()
+    );
+    assert_eq!(accounts.load("burst-31").await.unwrap().state.balance, 1);
+}
+
 on_both_stores!(
+    a_burst_does_not_leave_the_cache_past_its_capacity,
     a_warm_command_reads_nothing,
     commands_to_one_aggregate_do_not_conflict_in_process,
     a_stale_copy_that_would_append_conflicts_and_reloads,

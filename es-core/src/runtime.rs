@@ -178,20 +178,49 @@ impl<A> AggregateCache<A> {
             entry.1 = now;
             Arc::clone(&entry.0)
         };
-        if slots.map.len() > self.capacity {
-            let mut idle: Vec<(u64, StreamId)> = slots
-                .map
-                .iter()
-                .filter(|(_, (slot, _))| Arc::strong_count(slot) == 1)
-                .map(|(id, (_, used))| (*used, id.clone()))
-                .collect();
-            idle.sort_unstable_by_key(|(used, _)| *used);
-            let excess = slots.map.len() - self.capacity + self.capacity / 8;
-            for (_, id) in idle.into_iter().take(excess) {
-                slots.map.remove(&id);
-            }
-        }
+        self.trim(&mut slots);
         slot
+    }
+
+    /// Gives back a slot after a command. Slots in use cannot be evicted,
+    /// so a burst of commands to more aggregates than the capacity fills
+    /// the cache past it; the last of them to finish bring it back under.
+    fn release(&self, slot: Slot<A>) {
+        drop(slot);
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.trim(&mut slots);
+    }
+
+    /// Over capacity, the least recently used idle slots go (an eighth of
+    /// the capacity more than needed, so trimming is not paid on every
+    /// command).
+    fn trim(&self, slots: &mut CacheSlots<A>) {
+        if slots.map.len() <= self.capacity {
+            return;
+        }
+        let mut idle: Vec<(u64, StreamId)> = slots
+            .map
+            .iter()
+            .filter(|(_, (slot, _))| Arc::strong_count(slot) == 1)
+            .map(|(id, (_, used))| (*used, id.clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        let excess = slots.map.len() - self.capacity + self.capacity / 8;
+        for (_, id) in idle.into_iter().take(excess) {
+            slots.map.remove(&id);
+        }
+    }
+
+    /// How many aggregates the cache holds.
+    fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map
+            .len()
     }
 }
 
@@ -276,6 +305,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     pub fn with_cache(mut self, capacity: usize) -> Self {
         self.cache = Some(Arc::new(AggregateCache::new(capacity)));
         self
+    }
+
+    /// How many live aggregates the cache holds (0 without a cache). At
+    /// most the capacity once no command runs; commands running at once
+    /// each hold theirs until they finish.
+    pub fn cached_aggregates(&self) -> usize {
+        self.cache.as_ref().map_or(0, |cache| cache.len())
     }
 
     /// Keeps a command journal: every accepted command is stored with its
@@ -448,8 +484,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 // others wait here instead of racing into conflicts.
                 let slot = cache.slot(&stream_id);
                 let mut cached = slot.lock().await;
-                self.run(command, &context, record.as_ref(), stream_id, &mut cached)
-                    .await
+                let outcome = self
+                    .run(command, &context, record.as_ref(), stream_id, &mut cached)
+                    .await;
+                drop(cached);
+                cache.release(slot);
+                outcome
             }
             None => {
                 self.run(command, &context, record.as_ref(), stream_id, &mut None)
