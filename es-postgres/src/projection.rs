@@ -288,38 +288,19 @@ impl PgEventStore {
     }
 
     /// Applies a parked event again with `projection`'s handler and, if it
-    /// succeeds, removes it from the parked list (in one transaction).
+    /// succeeds, removes it from the parked list, in one transaction.
+    /// Returns `false` when the event is not (or no longer) parked.
+    ///
+    /// The parked row is deleted first, in the transaction that applies the
+    /// event: a concurrent retry of the same event waits for that
+    /// transaction, then finds the row gone (or back, if the handler failed
+    /// and it rolled back), so the event is applied once.
     pub async fn retry_parked<P>(&self, projection: &P, position: u64) -> Result<bool, StoreError>
     where
         P: Projection<Sink = PgConnection>,
     {
-        let rows = sqlx::query(&format!(
-            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
-                    e.schema_version, e.payload::text, e.metadata::text, e.recorded_at \
-             FROM \"{s}\".events e JOIN \"{s}\".parked_events p \
-               ON p.position = e.position AND p.projection = $1 \
-             WHERE e.position = $2",
-            s = self.schema()
-        ))
-        .bind(projection.name())
-        .bind(position as i64)
-        .fetch_all(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
-        let Some(row) = rows.first() else {
-            return Ok(false);
-        };
-        let raw = crate::recorded_from_row(row)?;
-        let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
-        for event in &events {
-            projection
-                .handle(&mut tx, event)
-                .await
-                .map_err(StoreError::Backend)?;
-        }
-        sqlx::query(&format!(
+        let removed = sqlx::query(&format!(
             "DELETE FROM \"{}\".parked_events WHERE projection = $1 AND position = $2",
             self.schema()
         ))
@@ -328,6 +309,31 @@ impl PgEventStore {
         .execute(&mut *tx)
         .await
         .map_err(unavailable_or_backend)?;
+        if removed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
+                    e.schema_version, e.payload::text, e.metadata::text, e.recorded_at \
+             FROM \"{}\".events e WHERE e.position = $1",
+            self.schema()
+        ))
+        .bind(position as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let raw = crate::recorded_from_row(&row)?;
+        let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        for event in &events {
+            projection
+                .handle(&mut tx, event)
+                .await
+                .map_err(StoreError::Backend)?;
+        }
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(true)
     }

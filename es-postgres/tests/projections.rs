@@ -956,3 +956,51 @@ async fn events_it_does_not_handle_are_never_decoded() {
     assert!(store.parked_events("totals").await.unwrap().is_empty());
     handle.stop().await;
 }
+
+/// Eight retries of one parked event at once (each handler slow enough for
+/// them all to be inside it together): exactly one applies it, the others
+/// find it no longer parked.
+#[tokio::test]
+async fn concurrent_retries_of_a_parked_event_apply_it_once() {
+    let store = fresh_store().await;
+    totals_table(&store).await;
+    let events = credits(&store, "a", &[1, 13, 2]).await;
+    let failing = events[1].global_position;
+    let handle = store.run_projection(
+        TotalsProjection::new(&store, "totals").poison(&[13]),
+        fast().on_failure(OnFailure::Park),
+    );
+    handle
+        .wait_for(events[2].global_position, PATIENCE)
+        .await
+        .unwrap();
+    handle.stop().await;
+    assert_eq!(store.parked_events("totals").await.unwrap().len(), 1);
+    assert_eq!(read_totals(&store).await, totals(&[("a", 3, 2)]));
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let retries = (0..8).map(|_| {
+        let store = store.clone();
+        let fixed = TotalsProjection::new(&store, "totals")
+            .delay(13, Duration::from_millis(100))
+            .calls(&calls);
+        tokio::spawn(async move { store.retry_parked(&fixed, failing).await })
+    });
+    let outcomes: Vec<bool> = futures::future::join_all(retries)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|applied| **applied).count(),
+        1,
+        "exactly one retry applies the event: {outcomes:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(
+        read_totals(&store).await,
+        totals(&[("a", 16, 3)]),
+        "the parked credit counted once"
+    );
+    assert!(store.parked_events("totals").await.unwrap().is_empty());
+}
