@@ -58,6 +58,27 @@ pub enum RebuildError {
         #[source]
         source: sqlx::Error,
     },
+    /// The name already has a checkpoint past zero: a projection of that
+    /// name has written its read model, and replaying the log from zero
+    /// would apply every event to it again. Nothing was changed. Rebuild
+    /// under a new name into new tables, or call
+    /// [`PgEventStore::force_rebuild_projection`] after emptying the
+    /// tables.
+    #[error("projection `{name}` already has a checkpoint at position {position}: rebuilding it under that name would replay the log into its tables again (rebuild under a new name, or empty its tables and force the rebuild)")]
+    CheckpointExists {
+        /// The projection.
+        name: String,
+        /// Its checkpoint.
+        position: u64,
+    },
+    /// An instance of a projection of that name is running (it holds the
+    /// projection's lock): it must stop before a rebuild under its name,
+    /// forced or not. Nothing was changed.
+    #[error("projection `{name}` is running: stop it before rebuilding under its name")]
+    Running {
+        /// The projection.
+        name: String,
+    },
 }
 
 /// A parked event, as stored in `parked_events`.
@@ -196,25 +217,58 @@ impl PgEventStore {
     /// accounts AS SELECT * FROM accounts_v2`, so queries read the new
     /// tables from that commit on. Returns the new projection, running
     /// live; stop the old one afterwards.
+    ///
+    /// A name that already has a checkpoint past zero is refused with
+    /// [`RebuildError::CheckpointExists`] (a live projection's name, passed
+    /// by mistake, would get the whole log replayed into its tables), and a
+    /// name whose projection is running with [`RebuildError::Running`];
+    /// nothing is changed then.
     pub async fn rebuild_projection<P>(
         &self,
         projection: P,
         options: ProjectionOptions,
         switch_sql: &str,
+        on_progress: impl FnMut(&ProjectionProgress),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        self.rebuild(projection, options, switch_sql, on_progress, false)
+            .await
+    }
+
+    /// [`PgEventStore::rebuild_projection`] under a name that already has a
+    /// checkpoint: drops its checkpoint and its parked events and replays
+    /// the log from zero into its tables, which the caller has emptied (or
+    /// whose handlers overwrite). Still refused with
+    /// [`RebuildError::Running`] while a projection of that name runs.
+    pub async fn force_rebuild_projection<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
+        on_progress: impl FnMut(&ProjectionProgress),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        self.rebuild(projection, options, switch_sql, on_progress, true)
+            .await
+    }
+
+    async fn rebuild<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
         mut on_progress: impl FnMut(&ProjectionProgress),
+        force: bool,
     ) -> Result<ProjectionHandle, RebuildError>
     where
         P: Projection<Sink = PgConnection>,
     {
         let name = projection.name().to_owned();
-        sqlx::query(&format!(
-            "DELETE FROM \"{}\".projections WHERE name = $1",
-            self.schema()
-        ))
-        .bind(&name)
-        .execute(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
+        self.reset_for_rebuild(&name, force).await?;
         let handle = self.run_projection(projection, options);
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -259,6 +313,71 @@ impl PgEventStore {
             })?;
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(handle)
+    }
+
+    /// Checks that no projection of this name runs (holding its lock
+    /// while checking) and that it has no checkpoint past zero unless
+    /// `force`; then drops its checkpoint (and, forced, its parked events).
+    async fn reset_for_rebuild(&self, name: &str, force: bool) -> Result<(), RebuildError> {
+        let s = self.schema();
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?;
+        let key = format!("es-projection {s} {name}");
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(unavailable_or_backend)?;
+        if !locked {
+            return Err(RebuildError::Running {
+                name: name.to_owned(),
+            });
+        }
+        let reset = async {
+            let mut tx = conn.begin().await?;
+            let position: Option<i64> = sqlx::query_scalar(&format!(
+                "DELETE FROM \"{s}\".projections WHERE name = $1 RETURNING position"
+            ))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let position = position.unwrap_or(0) as u64;
+            if position > 0 && !force {
+                // Dropping the transaction rolls the DELETE back.
+                return Ok(Some(position));
+            }
+            if force {
+                sqlx::query(&format!(
+                    "DELETE FROM \"{s}\".parked_events WHERE projection = $1"
+                ))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(None)
+        }
+        .await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&key)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // A connection that may still hold the lock must not go back
+            // to the pool.
+            conn.detach();
+        }
+        match reset.map_err(unavailable_or_backend)? {
+            Some(position) => Err(RebuildError::CheckpointExists {
+                name: name.to_owned(),
+                position,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The parked events of a projection, in log order.
