@@ -635,6 +635,40 @@ where
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(())
     }
+
+    async fn park_unreadable(
+        &mut self,
+        projection: &P,
+        row: &es_core::UnreadableEvent,
+        error: &str,
+        from: u64,
+    ) -> Result<(), BatchError> {
+        // The row's identity columns read fine (only the rest of it does
+        // not): copy them from the events table.
+        let s = self.schema();
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(unavailable_or_backend)?;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.parked_events \
+             (projection, position, event_id, stream_id, stream_version, event_type, error) \
+             SELECT $1, position, event_id, stream_id, stream_version, event_type, $3 \
+             FROM {s}.events WHERE position = $2 ON CONFLICT DO NOTHING"
+        ))
+        .bind(projection.name())
+        .bind(row.global_position as i64)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        self.move_checkpoint(&mut tx, projection.name(), from, row.global_position)
+            .await?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(())
+    }
 }
 
 /// A projection applied inside the append's transaction.
