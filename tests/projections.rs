@@ -524,3 +524,41 @@ async fn under_the_park_policy_an_unreadable_row_is_parked_and_the_projection_go
     assert_eq!(model.read(|t| t["a"]), 91);
     handle.stop().await;
 }
+
+/// Over a log whose stream `gone` was erased (its events last in the log),
+/// a projection run from zero into a fresh read model — the in-memory
+/// rebuild — holds nothing of the erased events, parks none, and its
+/// checkpoint moves past them to the head.
+#[tokio::test]
+async fn a_run_from_zero_over_an_erased_stream_holds_nothing_of_it() {
+    let store = MemoryStore::new();
+    credit_to(&store, "kept", &[1, 2]).await;
+    credit_to(&store, "gone", &[40]).await;
+    credit_to(&store, "kept", &[3]).await;
+    let head = credit_to(&store, "gone", &[50, 60]).await;
+    assert_eq!(
+        store.erase_stream(&StreamId::from("gone")).await.unwrap(),
+        3
+    );
+    for run in 0..2 {
+        let model = MemoryReadModel::<Totals>::default();
+        let handle = run_projection(
+            store.clone(),
+            TotalsProjection {
+                name: "totals",
+                ..Default::default()
+            },
+            model.clone(),
+            fast(),
+        );
+        handle.wait_for(head, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            model.read(|t| t.clone()),
+            BTreeMap::from([("kept".into(), 6)]),
+            "run {run}"
+        );
+        assert_eq!(model.checkpoint(), head, "run {run}");
+        assert!(model.parked().is_empty(), "run {run}");
+        handle.stop().await;
+    }
+}

@@ -410,3 +410,71 @@ async fn a_forced_rebuild_replays_from_zero_under_the_same_name() {
     assert!(store.parked_events("totals_v1").await.unwrap().is_empty());
     handle.stop().await;
 }
+
+/// Over a log whose stream `gone` was erased (its last events are the last
+/// of the log), a projection run from zero and a rebuild into new tables
+/// hold nothing of the erased events, park none, and their checkpoints
+/// move past them to the head.
+#[tokio::test]
+async fn a_run_from_zero_and_a_rebuild_over_an_erased_stream_hold_nothing_of_it() {
+    let store = common::fresh_store().await;
+    let s = format!("\"{}\"", store.schema());
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {s}.totals_v1 (stream_id text PRIMARY KEY, total bigint NOT NULL);
+         CREATE TABLE {s}.totals_v2 (stream_id text PRIMARY KEY, total bigint NOT NULL);
+         CREATE VIEW {s}.totals AS SELECT * FROM {s}.totals_v1;"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let (kept, gone) = (StreamId::from("acct-kept"), StreamId::from("acct-gone"));
+    store
+        .append(&kept, ExpectedVersion::Any, vec![credit(1), credit(2)])
+        .await
+        .unwrap();
+    store
+        .append(&gone, ExpectedVersion::Any, vec![credit(40)])
+        .await
+        .unwrap();
+    store
+        .append(&kept, ExpectedVersion::Any, vec![credit(3)])
+        .await
+        .unwrap();
+    let erased = store
+        .append(&gone, ExpectedVersion::Any, vec![credit(50), credit(60)])
+        .await
+        .unwrap();
+    assert_eq!(store.erase_stream(&gone).await.unwrap(), 3);
+    let head = store.head_position().await.unwrap();
+    assert_eq!(
+        head, erased[1].global_position,
+        "the log ends with erased events"
+    );
+    let only_kept = BTreeMap::from([("acct-kept".to_owned(), 6)]);
+
+    let v1 = store.run_projection(v1(&s), ProjectionOptions::default());
+    v1.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(totals(&store, &format!("{s}.totals_v1")).await, only_kept);
+    assert_eq!(store.projection_position("totals_v1").await.unwrap(), head);
+    assert_eq!(v1.status().parked, 0);
+
+    let v2 = store
+        .rebuild_projection(
+            Totals {
+                name: "totals_v2",
+                table: format!("{s}.totals_v2"),
+            },
+            ProjectionOptions::default(),
+            &format!("CREATE OR REPLACE VIEW {s}.totals AS SELECT * FROM {s}.totals_v2"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(totals(&store, &format!("{s}.totals")).await, only_kept);
+    assert_eq!(store.projection_position("totals_v2").await.unwrap(), head);
+    assert_eq!(v2.status().parked, 0);
+    assert!(store.parked_events("totals_v1").await.unwrap().is_empty());
+    assert!(store.parked_events("totals_v2").await.unwrap().is_empty());
+    v1.stop().await;
+    v2.stop().await;
+}
