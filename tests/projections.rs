@@ -417,3 +417,148 @@ async fn a_slow_projection_never_slows_the_writers() {
     );
     handle.stop().await;
 }
+
+/// A store whose event at one position reads as a corrupt row (as one whose
+/// metadata no longer decodes does on PostgreSQL): five credits to `a`, a
+/// `Noted` event in `note` that is unreadable (of a type the projection does
+/// not handle), five credits to `a`, an unreadable credit in `bad`, two
+/// credits to `a`. Returns the store and the positions of the tenth good
+/// credit, of the bad credit and of the last event.
+async fn log_with_unreadable_rows() -> (es::testing::FaultyStore<MemoryStore>, u64, u64, u64) {
+    let store = MemoryStore::new();
+    credit_to(&store, "a", &[1, 2, 3, 4, 5]).await;
+    let note = NewEvent::from_event(&LedgerEvent::Noted { text: "hi".into() }, Metadata::new());
+    let note = store
+        .append(
+            &StreamId::from("note"),
+            ExpectedVersion::Any,
+            vec![note.unwrap()],
+        )
+        .await
+        .unwrap()[0]
+        .global_position;
+    let tenth = credit_to(&store, "a", &[6, 7, 8, 9, 10]).await;
+    let bad = credit_to(&store, "bad", &[100]).await;
+    let last = credit_to(&store, "a", &[11, 12]).await;
+    let faulty = es::testing::FaultyStore::new(store);
+    faulty.make_unreadable(note);
+    faulty.make_unreadable(bad);
+    (faulty, tenth, bad, last)
+}
+
+#[tokio::test]
+async fn under_the_stop_policy_an_unreadable_row_stops_the_projection_after_the_events_before_it() {
+    let (store, tenth, bad, last) = log_with_unreadable_rows().await;
+    let model = MemoryReadModel::<Totals>::default();
+    let handle = run_projection(
+        store,
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        fast().on_failure(OnFailure::Stop),
+    );
+    assert!(handle.wait_for(last, Duration::from_secs(5)).await.is_err());
+    let status = handle.status();
+    assert_eq!(
+        status.state,
+        ProjectionState::Failed(format!(
+            "the row at position {bad} (stream `bad` version 1) cannot be read: corrupt event \
+             in stream `bad` at version 1: injected fault: the row cannot be read"
+        ))
+    );
+    assert_eq!((status.position, model.checkpoint()), (tenth, tenth));
+    assert_eq!(
+        model.read(|t| t.clone()),
+        BTreeMap::from([("a".into(), 55)])
+    );
+    assert!(model.parked().is_empty());
+}
+
+#[tokio::test]
+async fn under_the_park_policy_an_unreadable_row_is_parked_and_the_projection_goes_on() {
+    let (store, _, bad, last) = log_with_unreadable_rows().await;
+    let model = MemoryReadModel::<Totals>::default();
+    let handle = run_projection(
+        store.clone(),
+        TotalsProjection {
+            name: "totals",
+            ..Default::default()
+        },
+        model.clone(),
+        fast().on_failure(OnFailure::Park),
+    );
+    handle.wait_for(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(handle.status().state, ProjectionState::Running);
+    assert_eq!(
+        handle.status().parked,
+        1,
+        "the unhandled `Noted` row is skipped"
+    );
+    assert_eq!(
+        model.read(|t| t.clone()),
+        BTreeMap::from([("a".into(), 78)])
+    );
+    let parked = model.parked();
+    assert_eq!(parked.len(), 1);
+    let event = &parked[0].event;
+    assert_eq!(
+        (
+            event.global_position,
+            event.stream_id.as_str(),
+            event.stream_version,
+            &*event.event_type
+        ),
+        (bad, "bad", 1, "Credited")
+    );
+    assert!(
+        parked[0].error.starts_with(&format!(
+            "the row at position {bad} (stream `bad` version 1) cannot be read"
+        )),
+        "{}",
+        parked[0].error
+    );
+    let more = credit_to(store.inner(), "a", &[13]).await;
+    handle.wait_for(more, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(model.read(|t| t["a"]), 91);
+    handle.stop().await;
+}
+
+/// Over a log whose stream `gone` was erased (its events last in the log),
+/// a projection run from zero into a fresh read model — the in-memory
+/// rebuild — holds nothing of the erased events, parks none, and its
+/// checkpoint moves past them to the head.
+#[tokio::test]
+async fn a_run_from_zero_over_an_erased_stream_holds_nothing_of_it() {
+    let store = MemoryStore::new();
+    credit_to(&store, "kept", &[1, 2]).await;
+    credit_to(&store, "gone", &[40]).await;
+    credit_to(&store, "kept", &[3]).await;
+    let head = credit_to(&store, "gone", &[50, 60]).await;
+    assert_eq!(
+        store.erase_stream(&StreamId::from("gone")).await.unwrap(),
+        3
+    );
+    for run in 0..2 {
+        let model = MemoryReadModel::<Totals>::default();
+        let handle = run_projection(
+            store.clone(),
+            TotalsProjection {
+                name: "totals",
+                ..Default::default()
+            },
+            model.clone(),
+            fast(),
+        );
+        handle.wait_for(head, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            model.read(|t| t.clone()),
+            BTreeMap::from([("kept".into(), 6)]),
+            "run {run}"
+        );
+        assert_eq!(model.checkpoint(), head, "run {run}");
+        assert!(model.parked().is_empty(), "run {run}");
+        handle.stop().await;
+    }
+}

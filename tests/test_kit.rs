@@ -247,3 +247,134 @@ fn a_decision_consults_a_fake_service_without_a_store() {
         .when(add(3))
         .then_expect_error(TooBig(3));
 }
+
+// An aggregate that calls another system: its services await (a network
+// call, a tokio timer). This is the README's "Aggregates that call other
+// systems" example.
+mod calls_other_systems {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use es::prelude::*;
+    use es::testing::Scenario;
+    use futures::future::BoxFuture;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+    enum PaymentEvent {
+        Paid { amount: u64 },
+    }
+
+    #[derive(Debug, Clone, Command)]
+    enum PaymentCommand {
+        Pay { id: String, amount: u64 },
+    }
+
+    #[derive(Debug, PartialEq, thiserror::Error)]
+    enum PaymentError {
+        #[error("refused by the fraud check: {0}")]
+        Fraud(String),
+    }
+
+    /// The other system, behind a trait object: the real client in
+    /// production, a mock in tests.
+    trait FraudCheck: Send + Sync {
+        fn check(&self, account: &str, amount: u64) -> BoxFuture<'_, Result<(), String>>;
+    }
+
+    #[derive(Debug, Default, PartialEq, Aggregate)]
+    #[aggregate(event = PaymentEvent, command = PaymentCommand, error = PaymentError, services = Arc<dyn FraudCheck>)]
+    struct Payment {
+        paid: u64,
+    }
+
+    impl Payment {
+        async fn handle(
+            &self,
+            command: PaymentCommand,
+            fraud: &Arc<dyn FraudCheck>,
+        ) -> Result<Vec<PaymentEvent>, PaymentError> {
+            let PaymentCommand::Pay { id, amount } = command;
+            fraud
+                .check(&id, amount)
+                .await
+                .map_err(PaymentError::Fraud)?;
+            Ok(vec![PaymentEvent::Paid { amount }])
+        }
+
+        fn apply(&mut self, event: &PaymentEvent) {
+            let PaymentEvent::Paid { amount } = event;
+            self.paid += amount;
+        }
+    }
+
+    /// A mock that answers after a tokio timer, as a network call would.
+    struct MockFraudCheck {
+        limit: u64,
+    }
+
+    impl FraudCheck for MockFraudCheck {
+        fn check(&self, _account: &str, amount: u64) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if amount > self.limit {
+                    Err(format!("{amount} is over the limit"))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    fn pay(amount: u64) -> PaymentCommand {
+        PaymentCommand::Pay {
+            id: "p1".into(),
+            amount,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decision_awaiting_a_mock_service_is_tested_with_when_async() {
+        let fraud: Arc<dyn FraudCheck> = Arc::new(MockFraudCheck { limit: 100 });
+        let state = Scenario::<Payment>::with_services(Arc::clone(&fraud))
+            .given([PaymentEvent::Paid { amount: 10 }])
+            .when_async(pay(40))
+            .await
+            .then_expect_events([PaymentEvent::Paid { amount: 40 }]);
+        assert_eq!(state.paid, 50);
+
+        // The service's refusal is the command's rejection.
+        Scenario::<Payment>::with_services(fraud)
+            .when_async(pay(500))
+            .await
+            .then_expect_error(PaymentError::Fraud("500 is over the limit".into()));
+    }
+
+    // On a multi-threaded runtime too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_async_works_on_a_multi_threaded_runtime() {
+        Scenario::<Payment>::with_services(Arc::new(MockFraudCheck { limit: 0 }))
+            .when_async(pay(1))
+            .await
+            .then_expect_error_matching(|e| matches!(e, PaymentError::Fraud(_)));
+    }
+
+    // The blocking `when` inside `#[tokio::test]` used to hang for ever on
+    // such a decision (its thread blocked the runtime that drives the
+    // timer); it now fails at once, naming the way out.
+    #[tokio::test]
+    #[should_panic(expected = "use `.when_async(command).await` instead of `.when(command)`")]
+    async fn when_in_a_tokio_test_on_a_waiting_decision_fails_instead_of_hanging() {
+        let _ = Scenario::<Payment>::with_services(Arc::new(MockFraudCheck { limit: 100 }))
+            .when(pay(1));
+    }
+
+    // A decision that does not wait still runs with the blocking `when`,
+    // inside a runtime or not.
+    #[tokio::test]
+    async fn when_in_a_tokio_test_on_a_ready_decision_still_works() {
+        super::given::<super::Tally>([])
+            .when(super::add(2))
+            .then_expect_events([super::TallyEvent::Added { n: 2 }]);
+    }
+}

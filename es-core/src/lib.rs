@@ -83,6 +83,7 @@ pub use store::{
     check_appends, check_events, CommandRecord, EventStore, EventStream, JournalEntry,
     JournalOutcome, Snapshot, StreamAppend,
 };
+pub use store::{LogItem, LogStream, UnreadableEvent};
 pub use version::{ExpectedVersion, StreamId};
 
 pub use es_macros::{Aggregate, Command, Event, Projection};

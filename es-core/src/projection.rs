@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::event::{Event, Payload, RecordedEvent};
-use crate::store::EventStore;
+use crate::store::{EventStore, LogItem, UnreadableEvent};
 
 /// What a projection handler fails with.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -368,6 +368,35 @@ pub trait ProjectionTarget<P: Projection>: Send {
         error: &str,
         from: u64,
     ) -> impl Future<Output = Result<(), BatchError>> + Send;
+
+    /// Stores a row of the log that cannot be read as parked with `error`
+    /// and moves the checkpoint from `from` past it, all or nothing.
+    ///
+    /// The default parks, through [`ProjectionTarget::park`], an event made
+    /// of what is known of the row: its position, stream and version, its
+    /// id, type and schema version where they could be read (else the nil
+    /// id, an empty type, version 0), a `null` payload and fresh metadata.
+    fn park_unreadable(
+        &mut self,
+        projection: &P,
+        row: &UnreadableEvent,
+        error: &str,
+        from: u64,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
+        let placeholder = RecordedEvent {
+            event_id: row.event_id.unwrap_or_default(),
+            stream_id: row.stream_id.clone(),
+            stream_version: row.stream_version,
+            global_position: row.global_position,
+            event_type: row.event_type.clone().unwrap_or_default().into(),
+            schema_version: row.schema_version.unwrap_or_default(),
+            data: Payload::from_value(&serde_json::Value::Null),
+            metadata: crate::Metadata::new(),
+            recorded_at: chrono::Utc::now(),
+        };
+        let error = error.to_owned();
+        async move { self.park(projection, &placeholder, &error, from).await }
+    }
 }
 
 /// A running projection: its status, a way to wait for it, and to stop it.
@@ -596,10 +625,12 @@ where
             s.position = checkpoint;
             s.state = ProjectionState::Running;
         });
-        let mut log = self.store.subscribe(checkpoint + 1);
+        let mut log = self.store.subscribe_rows(checkpoint + 1);
         let mut limit = self.options.batch_size;
         loop {
-            // A batch: the next event, and whatever else is ready now.
+            // A batch: the next event, and whatever else is ready now, up to
+            // a row that cannot be read or an error (handled after the
+            // events before it are applied).
             let first = tokio::select! {
                 next = log.next() => next,
                 _ = self.stop.wait_for(|stop| *stop) => return Ok(Restart::Stop),
@@ -607,34 +638,105 @@ where
             let Some(first) = first else {
                 return Ok(Restart::Again);
             };
-            let mut batch = vec![first?];
-            while batch.len() < limit {
-                match log.next().now_or_never() {
-                    Some(Some(event)) => batch.push(event?),
-                    _ => break,
+            let mut batch = Vec::new();
+            let mut after: Option<Result<UnreadableEvent, StoreError>> = None;
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    Ok(LogItem::Event(event)) => batch.push(event),
+                    Ok(LogItem::Unreadable(row)) => after = Some(Ok(row)),
+                    Err(error) => after = Some(Err(error)),
+                }
+                if after.is_none() && batch.len() < limit {
+                    next = log.next().now_or_never().flatten();
                 }
             }
-            let started = Instant::now();
-            match self.process(&batch, checkpoint).await? {
-                Some(new_checkpoint) => {
-                    let n = batch.len() as u64;
-                    let elapsed = started.elapsed();
-                    let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
-                    limit = if elapsed > self.options.max_batch_time {
-                        let fits = self.options.max_batch_time.as_secs_f64() * rate;
-                        (fits as usize).clamp(1, self.options.batch_size)
-                    } else {
-                        limit.saturating_mul(2).min(self.options.batch_size)
-                    };
-                    checkpoint = new_checkpoint;
-                    self.status.send_modify(|s| {
-                        s.position = checkpoint;
-                        s.processed += n;
-                        s.events_per_second = rate;
-                    });
+            if !batch.is_empty() {
+                let started = Instant::now();
+                match self.process(&batch, checkpoint).await? {
+                    Some(new_checkpoint) => {
+                        let n = batch.len() as u64;
+                        let elapsed = started.elapsed();
+                        let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+                        limit = if elapsed > self.options.max_batch_time {
+                            let fits = self.options.max_batch_time.as_secs_f64() * rate;
+                            (fits as usize).clamp(1, self.options.batch_size)
+                        } else {
+                            limit.saturating_mul(2).min(self.options.batch_size)
+                        };
+                        checkpoint = new_checkpoint;
+                        self.status.send_modify(|s| {
+                            s.position = checkpoint;
+                            s.processed += n;
+                            s.events_per_second = rate;
+                        });
+                    }
+                    None => return Ok(Restart::Again),
                 }
-                None => return Ok(Restart::Again),
             }
+            match after {
+                None => {}
+                Some(Err(error)) => return Err(error.into()),
+                Some(Ok(row)) => match self.unreadable(&row, checkpoint).await? {
+                    Some(new_checkpoint) => {
+                        checkpoint = new_checkpoint;
+                        self.status.send_modify(|s| {
+                            s.position = checkpoint;
+                            s.processed += 1;
+                        });
+                    }
+                    None => return Ok(Restart::Again),
+                },
+            }
+        }
+    }
+
+    /// A row of the log that cannot be read: skipped when it is of a type
+    /// the projection does not handle, else parked or the projection
+    /// stopped before it, as the policy says. Returns the new checkpoint,
+    /// or None when fenced out.
+    async fn unreadable(
+        &mut self,
+        row: &UnreadableEvent,
+        checkpoint: u64,
+    ) -> Result<Option<u64>, StoreOrReason> {
+        // As `decode_handled` skips a current event of a type not handled.
+        let skipped = row.event_type.as_deref().is_some_and(|event_type| {
+            let current = <P::Event as Event>::current_version(event_type);
+            current.is_some()
+                && current == row.schema_version
+                && !self.projection.handles().contains(&event_type)
+        });
+        let outcome = if skipped {
+            self.target
+                .apply_batch(&self.projection, &[], checkpoint, row.global_position)
+                .await
+        } else {
+            let reason = format!(
+                "the row at position {} (stream `{}` version {}) cannot be read: {}",
+                row.global_position, row.stream_id, row.stream_version, row.error
+            );
+            if self.options.on_failure == OnFailure::Stop {
+                return Err(StoreOrReason::Reason(reason));
+            }
+            let parked = self
+                .target
+                .park_unreadable(&self.projection, row, &reason, checkpoint)
+                .await;
+            if parked.is_ok() {
+                tracing::warn!(projection = self.projection.name(), %reason, "unreadable row parked");
+                self.status.send_modify(|s| s.parked += 1);
+            }
+            parked
+        };
+        match outcome {
+            Ok(()) => Ok(Some(row.global_position)),
+            Err(BatchError::FencedOut) => Ok(None),
+            Err(BatchError::Store(e)) => Err(e.into()),
+            Err(BatchError::Handler { error, .. }) => Err(StoreOrReason::Reason(format!(
+                "cannot move past the unreadable row at position {}: {error}",
+                row.global_position
+            ))),
         }
     }
 

@@ -412,7 +412,58 @@ pub trait EventStore: Clone + Send + Sync + 'static {
             }
         })
     }
+
+    /// Follows the global log as [`EventStore::subscribe`] does, except that
+    /// a stored row that cannot be read (one [`EventStore::subscribe`] ends
+    /// on with [`StoreError::Corrupt`]) is yielded as
+    /// [`LogItem::Unreadable`], with its position, and the subscription goes
+    /// on after it. The projection runner reads the log this way, so that it
+    /// can park such a row, or apply the events before it and stop there.
+    ///
+    /// The default yields [`EventStore::subscribe`]'s events as
+    /// [`LogItem::Event`] (and its errors as they are): right for a store
+    /// whose rows always read back, such as the in-memory one. Wrappers
+    /// delegate it.
+    fn subscribe_rows(&self, from_position: u64) -> LogStream {
+        self.subscribe(from_position)
+            .map(|item| item.map(LogItem::Event))
+            .boxed()
+    }
 }
+
+/// One row of the global log, as [`EventStore::subscribe_rows`] yields it.
+#[derive(Debug)]
+pub enum LogItem {
+    /// An event.
+    Event(RecordedEvent),
+    /// A row that cannot be read.
+    Unreadable(UnreadableEvent),
+}
+
+/// A stored row of the global log that cannot be read back (bad metadata,
+/// impossible values): where it is, what of it could be read, and why the
+/// rest cannot.
+#[derive(Debug)]
+pub struct UnreadableEvent {
+    /// Its global position.
+    pub global_position: u64,
+    /// Its stream.
+    pub stream_id: StreamId,
+    /// Its version there.
+    pub stream_version: u64,
+    /// Its event id, if that could be read.
+    pub event_id: Option<Uuid>,
+    /// Its stored type name, if that could be read.
+    pub event_type: Option<String>,
+    /// Its schema version, if that could be read.
+    pub schema_version: Option<u32>,
+    /// Why it cannot be read (usually [`StoreError::Corrupt`]).
+    pub error: StoreError,
+}
+
+/// A subscription yielding the rows of the global log: see
+/// [`EventStore::subscribe_rows`].
+pub type LogStream = BoxStream<'static, Result<LogItem, StoreError>>;
 
 /// Pages through reads until one returns fewer than a full page.
 fn paged<F, Fut>(from: u64, read: F) -> EventStream

@@ -772,19 +772,18 @@ impl PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (events, bad) = self.read_log_until_bad(from_position, limit).await?;
         match bad {
-            Some(error) => Err(error),
+            Some(bad) => Err(bad.error),
             None => Ok(events),
         }
     }
 
     /// Reads the readable part of the global log, without waiting: the
-    /// events before the first row that cannot be read, and that row's
-    /// error.
+    /// events before the first row that cannot be read, and that row.
     pub(crate) async fn read_log_until_bad(
         &self,
         from_position: u64,
         limit: usize,
-    ) -> Result<(Vec<RecordedEvent>, Option<StoreError>), StoreError> {
+    ) -> Result<(Vec<RecordedEvent>, Option<es_core::UnreadableEvent>), StoreError> {
         let rows = sqlx::query(&self.inner.queries.read_all)
             .bind(to_i64(from_position))
             .bind(to_i64(limit as u64))
@@ -795,7 +794,7 @@ impl PgEventStore {
         for row in &rows {
             match recorded_from_row(row) {
                 Ok(event) => events.push(event),
-                Err(error) => return Ok((events, Some(error))),
+                Err(error) => return Ok((events, Some(unreadable_from_row(row, error)?))),
             }
         }
         Ok((events, None))
@@ -985,6 +984,10 @@ impl EventStore for PgEventStore {
 
     fn subscribe(&self, from_position: u64) -> EventStream {
         subscription::subscribe(self.clone(), from_position)
+    }
+
+    fn subscribe_rows(&self, from_position: u64) -> es_core::LogStream {
+        subscription::subscribe_rows(self.clone(), from_position)
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
@@ -1243,6 +1246,33 @@ pub(crate) fn recorded_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError
         metadata,
         recorded_at: row.try_get(8).map_err(|e| corrupt(e.to_string()))?,
         stream_id,
+    })
+}
+
+/// What can be read of a row of the events table that `recorded_from_row`
+/// refused with `error`; the error itself when not even its position reads.
+fn unreadable_from_row(
+    row: &PgRow,
+    error: StoreError,
+) -> Result<es_core::UnreadableEvent, StoreError> {
+    let (Ok(position), Ok(stream_id), Ok(stream_version)) = (
+        row.try_get::<i64, _>(0),
+        row.try_get::<String, _>(2),
+        row.try_get::<i64, _>(3),
+    ) else {
+        return Err(error);
+    };
+    Ok(es_core::UnreadableEvent {
+        global_position: position as u64,
+        stream_id: StreamId::from(stream_id),
+        stream_version: stream_version as u64,
+        event_id: row.try_get(1).ok(),
+        event_type: row.try_get(4).ok(),
+        schema_version: row
+            .try_get::<i32, _>(5)
+            .ok()
+            .and_then(|v| u32::try_from(v).ok()),
+        error,
     })
 }
 

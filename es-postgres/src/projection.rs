@@ -58,6 +58,27 @@ pub enum RebuildError {
         #[source]
         source: sqlx::Error,
     },
+    /// The name already has a checkpoint past zero: a projection of that
+    /// name has written its read model, and replaying the log from zero
+    /// would apply every event to it again. Nothing was changed. Rebuild
+    /// under a new name into new tables, or call
+    /// [`PgEventStore::force_rebuild_projection`] after emptying the
+    /// tables.
+    #[error("projection `{name}` already has a checkpoint at position {position}: rebuilding it under that name would replay the log into its tables again (rebuild under a new name, or empty its tables and force the rebuild)")]
+    CheckpointExists {
+        /// The projection.
+        name: String,
+        /// Its checkpoint.
+        position: u64,
+    },
+    /// An instance of a projection of that name is running (it holds the
+    /// projection's lock): it must stop before a rebuild under its name,
+    /// forced or not. Nothing was changed.
+    #[error("projection `{name}` is running: stop it before rebuilding under its name")]
+    Running {
+        /// The projection.
+        name: String,
+    },
 }
 
 /// A parked event, as stored in `parked_events`.
@@ -196,25 +217,58 @@ impl PgEventStore {
     /// accounts AS SELECT * FROM accounts_v2`, so queries read the new
     /// tables from that commit on. Returns the new projection, running
     /// live; stop the old one afterwards.
+    ///
+    /// A name that already has a checkpoint past zero is refused with
+    /// [`RebuildError::CheckpointExists`] (a live projection's name, passed
+    /// by mistake, would get the whole log replayed into its tables), and a
+    /// name whose projection is running with [`RebuildError::Running`];
+    /// nothing is changed then.
     pub async fn rebuild_projection<P>(
         &self,
         projection: P,
         options: ProjectionOptions,
         switch_sql: &str,
+        on_progress: impl FnMut(&ProjectionProgress),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        self.rebuild(projection, options, switch_sql, on_progress, false)
+            .await
+    }
+
+    /// [`PgEventStore::rebuild_projection`] under a name that already has a
+    /// checkpoint: drops its checkpoint and its parked events and replays
+    /// the log from zero into its tables, which the caller has emptied (or
+    /// whose handlers overwrite). Still refused with
+    /// [`RebuildError::Running`] while a projection of that name runs.
+    pub async fn force_rebuild_projection<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
+        on_progress: impl FnMut(&ProjectionProgress),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        self.rebuild(projection, options, switch_sql, on_progress, true)
+            .await
+    }
+
+    async fn rebuild<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
         mut on_progress: impl FnMut(&ProjectionProgress),
+        force: bool,
     ) -> Result<ProjectionHandle, RebuildError>
     where
         P: Projection<Sink = PgConnection>,
     {
         let name = projection.name().to_owned();
-        sqlx::query(&format!(
-            "DELETE FROM \"{}\".projections WHERE name = $1",
-            self.schema()
-        ))
-        .bind(&name)
-        .execute(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
+        self.reset_for_rebuild(&name, force).await?;
         let handle = self.run_projection(projection, options);
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -261,6 +315,71 @@ impl PgEventStore {
         Ok(handle)
     }
 
+    /// Checks that no projection of this name runs (holding its lock
+    /// while checking) and that it has no checkpoint past zero unless
+    /// `force`; then drops its checkpoint (and, forced, its parked events).
+    async fn reset_for_rebuild(&self, name: &str, force: bool) -> Result<(), RebuildError> {
+        let s = self.schema();
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?;
+        let key = format!("es-projection {s} {name}");
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(unavailable_or_backend)?;
+        if !locked {
+            return Err(RebuildError::Running {
+                name: name.to_owned(),
+            });
+        }
+        let reset = async {
+            let mut tx = conn.begin().await?;
+            let position: Option<i64> = sqlx::query_scalar(&format!(
+                "DELETE FROM \"{s}\".projections WHERE name = $1 RETURNING position"
+            ))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let position = position.unwrap_or(0) as u64;
+            if position > 0 && !force {
+                // Dropping the transaction rolls the DELETE back.
+                return Ok(Some(position));
+            }
+            if force {
+                sqlx::query(&format!(
+                    "DELETE FROM \"{s}\".parked_events WHERE projection = $1"
+                ))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(None)
+        }
+        .await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&key)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // A connection that may still hold the lock must not go back
+            // to the pool.
+            conn.detach();
+        }
+        match reset.map_err(unavailable_or_backend)? {
+            Some(position) => Err(RebuildError::CheckpointExists {
+                name: name.to_owned(),
+                position,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The parked events of a projection, in log order.
     pub async fn parked_events(&self, projection: &str) -> Result<Vec<ParkedRow>, StoreError> {
         let rows = sqlx::query(&format!(
@@ -288,38 +407,19 @@ impl PgEventStore {
     }
 
     /// Applies a parked event again with `projection`'s handler and, if it
-    /// succeeds, removes it from the parked list (in one transaction).
+    /// succeeds, removes it from the parked list, in one transaction.
+    /// Returns `false` when the event is not (or no longer) parked.
+    ///
+    /// The parked row is deleted first, in the transaction that applies the
+    /// event: a concurrent retry of the same event waits for that
+    /// transaction, then finds the row gone (or back, if the handler failed
+    /// and it rolled back), so the event is applied once.
     pub async fn retry_parked<P>(&self, projection: &P, position: u64) -> Result<bool, StoreError>
     where
         P: Projection<Sink = PgConnection>,
     {
-        let rows = sqlx::query(&format!(
-            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
-                    e.schema_version, e.payload::text, e.metadata::text, e.recorded_at \
-             FROM \"{s}\".events e JOIN \"{s}\".parked_events p \
-               ON p.position = e.position AND p.projection = $1 \
-             WHERE e.position = $2",
-            s = self.schema()
-        ))
-        .bind(projection.name())
-        .bind(position as i64)
-        .fetch_all(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
-        let Some(row) = rows.first() else {
-            return Ok(false);
-        };
-        let raw = crate::recorded_from_row(row)?;
-        let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
-        for event in &events {
-            projection
-                .handle(&mut tx, event)
-                .await
-                .map_err(StoreError::Backend)?;
-        }
-        sqlx::query(&format!(
+        let removed = sqlx::query(&format!(
             "DELETE FROM \"{}\".parked_events WHERE projection = $1 AND position = $2",
             self.schema()
         ))
@@ -328,6 +428,31 @@ impl PgEventStore {
         .execute(&mut *tx)
         .await
         .map_err(unavailable_or_backend)?;
+        if removed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
+                    e.schema_version, e.payload::text, e.metadata::text, e.recorded_at \
+             FROM \"{}\".events e WHERE e.position = $1",
+            self.schema()
+        ))
+        .bind(position as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let raw = crate::recorded_from_row(&row)?;
+        let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        for event in &events {
+            projection
+                .handle(&mut tx, event)
+                .await
+                .map_err(StoreError::Backend)?;
+        }
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(true)
     }
@@ -506,6 +631,40 @@ where
         .await
         .map_err(unavailable_or_backend)?;
         self.move_checkpoint(&mut tx, projection.name(), from, event.global_position)
+            .await?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(())
+    }
+
+    async fn park_unreadable(
+        &mut self,
+        projection: &P,
+        row: &es_core::UnreadableEvent,
+        error: &str,
+        from: u64,
+    ) -> Result<(), BatchError> {
+        // The row's identity columns read fine (only the rest of it does
+        // not): copy them from the events table.
+        let s = self.schema();
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(unavailable_or_backend)?;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.parked_events \
+             (projection, position, event_id, stream_id, stream_version, event_type, error) \
+             SELECT $1, position, event_id, stream_id, stream_version, event_type, $3 \
+             FROM {s}.events WHERE position = $2 ON CONFLICT DO NOTHING"
+        ))
+        .bind(projection.name())
+        .bind(row.global_position as i64)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+        self.move_checkpoint(&mut tx, projection.name(), from, row.global_position)
             .await?;
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(())

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use es_core::{EventStream, RecordedEvent, StoreError};
+use es_core::{EventStream, LogItem, LogStream, RecordedEvent, StoreError, UnreadableEvent};
 use futures::{FutureExt, StreamExt};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::watch;
@@ -25,13 +25,32 @@ struct Subscription {
     wake: watch::Receiver<u64>,
     failures: u32,
     /// An unreadable row reached: yielded after the events before it.
-    failed: Option<StoreError>,
+    failed: Option<UnreadableEvent>,
+    /// Yield an unreadable row and go on after it (`subscribe_rows`), or
+    /// yield its error and end (`subscribe`).
+    past_unreadable: bool,
     /// Reads since a wake-up that found nothing readable (0: not waiting
     /// for a stalled transaction).
     stalled: u32,
 }
 
 pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream {
+    follow(store, from_position, false)
+        .map(|item| match item {
+            Ok(LogItem::Event(event)) => Ok(event),
+            Ok(LogItem::Unreadable(row)) => Err(row.error),
+            Err(error) => Err(error),
+        })
+        .boxed()
+}
+
+/// Like `subscribe`, but an unreadable row is yielded as such, and the
+/// subscription goes on after it.
+pub(crate) fn subscribe_rows(store: PgEventStore, from_position: u64) -> LogStream {
+    follow(store, from_position, true)
+}
+
+fn follow(store: PgEventStore, from_position: u64, past_unreadable: bool) -> LogStream {
     let wake = store.inner.wakeups.subscribe();
     ensure_listener(&store);
     let state = Subscription {
@@ -41,6 +60,7 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
         wake,
         failures: 0,
         failed: None,
+        past_unreadable,
         stalled: 0,
     };
     // The state is `None` after an error that retrying cannot fix: the
@@ -49,10 +69,14 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
         let mut sub = sub?;
         loop {
             if let Some(event) = sub.buffer.pop_front() {
-                return Some((Ok(event), Some(sub)));
+                return Some((Ok(LogItem::Event(event)), Some(sub)));
             }
-            if let Some(error) = sub.failed.take() {
-                return Some((Err(error), None));
+            if let Some(row) = sub.failed.take() {
+                if !sub.past_unreadable {
+                    return Some((Err(row.error), None));
+                }
+                sub.next = row.global_position + 1;
+                return Some((Ok(LogItem::Unreadable(row)), Some(sub)));
             }
             // Mark the wake-ups so far as seen before reading: one that
             // arrives after the read ends the wait below.
@@ -96,7 +120,7 @@ pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream 
                     tracing::warn!(%error, failures = sub.failures, ?pause, "subscription read failed; retrying");
                     tokio::time::sleep(pause).await;
                 }
-                Err(error) => return Some((Err::<RecordedEvent, StoreError>(error), None)),
+                Err(error) => return Some((Err::<LogItem, StoreError>(error), None)),
             }
         }
     })

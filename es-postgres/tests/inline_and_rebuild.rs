@@ -266,3 +266,215 @@ async fn a_rebuild_fills_new_tables_and_switches_while_queries_keep_working() {
     v1.stop().await;
     v2.stop().await;
 }
+
+/// The store with 20 credits (1 to 21 but 13, which `Totals` refuses) over
+/// four streams, a table
+/// `totals_v1` and a view `totals` over it, and the projection `totals_v1`
+/// run up to the head and stopped. Returns the store, its quoted schema,
+/// the expected totals and the head.
+async fn projected_and_stopped() -> (PgEventStore, String, BTreeMap<String, i64>, u64) {
+    let store = common::fresh_store().await;
+    let s = format!("\"{}\"", store.schema());
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {s}.totals_v1 (stream_id text PRIMARY KEY, total bigint NOT NULL);
+         CREATE VIEW {s}.totals AS SELECT * FROM {s}.totals_v1;"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut expected = BTreeMap::new();
+    for amount in (1..=21i64).filter(|a| *a != 13) {
+        let stream = format!("acct-{}", amount % 4);
+        *expected.entry(stream.clone()).or_default() += amount;
+        store
+            .append(
+                &StreamId::from(stream),
+                ExpectedVersion::Any,
+                vec![credit(amount)],
+            )
+            .await
+            .unwrap();
+    }
+    let head = store.head_position().await.unwrap();
+    let live = store.run_projection(v1(&s), ProjectionOptions::default());
+    live.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    live.stop().await;
+    assert_eq!(totals(&store, &format!("{s}.totals_v1")).await, expected);
+    (store, s, expected, head)
+}
+
+fn v1(s: &str) -> Totals {
+    Totals {
+        name: "totals_v1",
+        table: format!("{s}.totals_v1"),
+    }
+}
+
+/// `rebuild_projection` given a live projection's name by mistake used to
+/// drop its checkpoint and replay the whole log into its live tables
+/// (every total doubled). It is refused now, and changes nothing.
+#[tokio::test]
+async fn a_rebuild_under_a_name_that_has_a_checkpoint_is_refused_and_changes_nothing() {
+    let (store, s, expected, head) = projected_and_stopped().await;
+    let switch = format!("CREATE OR REPLACE VIEW {s}.totals AS SELECT * FROM {s}.totals_v1");
+    let refused = store
+        .rebuild_projection(v1(&s), ProjectionOptions::default(), &switch, |_| {})
+        .await;
+    match refused {
+        Err(es_postgres::RebuildError::CheckpointExists { name, position }) => {
+            assert_eq!((name.as_str(), position), ("totals_v1", head));
+        }
+        Err(other) => panic!("expected CheckpointExists, got {other}"),
+        Ok(handle) => {
+            handle.stop().await;
+            panic!(
+                "the rebuild was not refused; the live table now holds {:?}",
+                totals(&store, &format!("{s}.totals_v1")).await
+            );
+        }
+    }
+    assert_eq!(store.projection_position("totals_v1").await.unwrap(), head);
+    assert_eq!(totals(&store, &format!("{s}.totals_v1")).await, expected);
+
+    // While an instance runs, even a forced rebuild is refused.
+    let live = store.run_projection(v1(&s), ProjectionOptions::default());
+    live.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    for force in [false, true] {
+        let refused = if force {
+            store
+                .force_rebuild_projection(v1(&s), ProjectionOptions::default(), &switch, |_| {})
+                .await
+        } else {
+            store
+                .rebuild_projection(v1(&s), ProjectionOptions::default(), &switch, |_| {})
+                .await
+        };
+        match refused {
+            Err(es_postgres::RebuildError::Running { name }) => assert_eq!(name, "totals_v1"),
+            Err(other) => panic!("forced {force}: expected Running, got {other}"),
+            Ok(_) => panic!("forced {force}: a rebuild under a running projection's name"),
+        }
+        let error = store
+            .rebuild_projection(v1(&s), ProjectionOptions::default(), &switch, |_| {})
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "projection `totals_v1` is running: stop it before rebuilding under its name"
+        );
+    }
+    assert_eq!(store.projection_position("totals_v1").await.unwrap(), head);
+    assert_eq!(totals(&store, &format!("{s}.totals_v1")).await, expected);
+    // The live instance was never disturbed.
+    let more = store
+        .append(
+            &StreamId::from("acct-0"),
+            ExpectedVersion::Any,
+            vec![credit(1)],
+        )
+        .await
+        .unwrap();
+    live.wait_for(more[0].global_position, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        totals(&store, &format!("{s}.totals_v1")).await["acct-0"],
+        expected["acct-0"] + 1
+    );
+    live.stop().await;
+}
+
+/// Forced, a rebuild under the name replays the log from zero into its
+/// (emptied) tables and drops its stale parked events.
+#[tokio::test]
+async fn a_forced_rebuild_replays_from_zero_under_the_same_name() {
+    let (store, s, expected, head) = projected_and_stopped().await;
+    sqlx::raw_sql(&format!(
+        "TRUNCATE {s}.totals_v1;
+         INSERT INTO {s}.parked_events (projection, position, event_id, stream_id, stream_version, event_type, error)
+         SELECT 'totals_v1', position, event_id, stream_id, stream_version, event_type, 'stale'
+         FROM {s}.events ORDER BY position LIMIT 1;"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(store.parked_events("totals_v1").await.unwrap().len(), 1);
+    let switch = format!("CREATE OR REPLACE VIEW {s}.totals AS SELECT * FROM {s}.totals_v1");
+    let handle = store
+        .force_rebuild_projection(v1(&s), ProjectionOptions::default(), &switch, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(store.projection_position("totals_v1").await.unwrap(), head);
+    assert_eq!(totals(&store, &format!("{s}.totals")).await, expected);
+    assert!(store.parked_events("totals_v1").await.unwrap().is_empty());
+    handle.stop().await;
+}
+
+/// Over a log whose stream `gone` was erased (its last events are the last
+/// of the log), a projection run from zero and a rebuild into new tables
+/// hold nothing of the erased events, park none, and their checkpoints
+/// move past them to the head.
+#[tokio::test]
+async fn a_run_from_zero_and_a_rebuild_over_an_erased_stream_hold_nothing_of_it() {
+    let store = common::fresh_store().await;
+    let s = format!("\"{}\"", store.schema());
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {s}.totals_v1 (stream_id text PRIMARY KEY, total bigint NOT NULL);
+         CREATE TABLE {s}.totals_v2 (stream_id text PRIMARY KEY, total bigint NOT NULL);
+         CREATE VIEW {s}.totals AS SELECT * FROM {s}.totals_v1;"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let (kept, gone) = (StreamId::from("acct-kept"), StreamId::from("acct-gone"));
+    store
+        .append(&kept, ExpectedVersion::Any, vec![credit(1), credit(2)])
+        .await
+        .unwrap();
+    store
+        .append(&gone, ExpectedVersion::Any, vec![credit(40)])
+        .await
+        .unwrap();
+    store
+        .append(&kept, ExpectedVersion::Any, vec![credit(3)])
+        .await
+        .unwrap();
+    let erased = store
+        .append(&gone, ExpectedVersion::Any, vec![credit(50), credit(60)])
+        .await
+        .unwrap();
+    assert_eq!(store.erase_stream(&gone).await.unwrap(), 3);
+    let head = store.head_position().await.unwrap();
+    assert_eq!(
+        head, erased[1].global_position,
+        "the log ends with erased events"
+    );
+    let only_kept = BTreeMap::from([("acct-kept".to_owned(), 6)]);
+
+    let v1 = store.run_projection(v1(&s), ProjectionOptions::default());
+    v1.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(totals(&store, &format!("{s}.totals_v1")).await, only_kept);
+    assert_eq!(store.projection_position("totals_v1").await.unwrap(), head);
+    assert_eq!(v1.status().parked, 0);
+
+    let v2 = store
+        .rebuild_projection(
+            Totals {
+                name: "totals_v2",
+                table: format!("{s}.totals_v2"),
+            },
+            ProjectionOptions::default(),
+            &format!("CREATE OR REPLACE VIEW {s}.totals AS SELECT * FROM {s}.totals_v2"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(totals(&store, &format!("{s}.totals")).await, only_kept);
+    assert_eq!(store.projection_position("totals_v2").await.unwrap(), head);
+    assert_eq!(v2.status().parked, 0);
+    assert!(store.parked_events("totals_v1").await.unwrap().is_empty());
+    assert!(store.parked_events("totals_v2").await.unwrap().is_empty());
+    v1.stop().await;
+    v2.stop().await;
+}

@@ -956,3 +956,178 @@ async fn events_it_does_not_handle_are_never_decoded() {
     assert!(store.parked_events("totals").await.unwrap().is_empty());
     handle.stop().await;
 }
+
+/// Eight retries of one parked event at once (each handler slow enough for
+/// them all to be inside it together): exactly one applies it, the others
+/// find it no longer parked.
+#[tokio::test]
+async fn concurrent_retries_of_a_parked_event_apply_it_once() {
+    let store = fresh_store().await;
+    totals_table(&store).await;
+    let events = credits(&store, "a", &[1, 13, 2]).await;
+    let failing = events[1].global_position;
+    let handle = store.run_projection(
+        TotalsProjection::new(&store, "totals").poison(&[13]),
+        fast().on_failure(OnFailure::Park),
+    );
+    handle
+        .wait_for(events[2].global_position, PATIENCE)
+        .await
+        .unwrap();
+    handle.stop().await;
+    assert_eq!(store.parked_events("totals").await.unwrap().len(), 1);
+    assert_eq!(read_totals(&store).await, totals(&[("a", 3, 2)]));
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let retries = (0..8).map(|_| {
+        let store = store.clone();
+        let fixed = TotalsProjection::new(&store, "totals")
+            .delay(13, Duration::from_millis(100))
+            .calls(&calls);
+        tokio::spawn(async move { store.retry_parked(&fixed, failing).await })
+    });
+    let outcomes: Vec<bool> = futures::future::join_all(retries)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|applied| **applied).count(),
+        1,
+        "exactly one retry applies the event: {outcomes:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(
+        read_totals(&store).await,
+        totals(&[("a", 16, 3)]),
+        "the parked credit counted once"
+    );
+    assert!(store.parked_events("totals").await.unwrap().is_empty());
+}
+
+/// The log of the unreadable-row tests: five credits to `a`, a `Noted`
+/// event in `note` whose metadata no longer reads (a type the projection
+/// does not handle), five credits to `a`, a credit in `bad` whose metadata
+/// no longer reads, two credits to `a`. Returns the positions of the tenth
+/// good credit, of the bad credit, and of the last event.
+async fn log_with_unreadable_rows(store: &PgEventStore) -> (u64, u64, u64) {
+    credit_to(store, "a", &[1, 2, 3, 4, 5]).await;
+    let note = NewEvent::from_event(&LedgerEvent::Noted { text: "hi".into() }, Metadata::new());
+    store
+        .append(
+            &StreamId::from("note"),
+            ExpectedVersion::Any,
+            vec![note.unwrap()],
+        )
+        .await
+        .unwrap();
+    let tenth = credit_to(store, "a", &[6, 7, 8, 9, 10]).await;
+    let bad = credit_to(store, "bad", &[100]).await;
+    let last = credit_to(store, "a", &[11, 12]).await;
+    // The readable bound is cluster-wide: wait until no other test's open
+    // transaction holds these events back, so the runner reaches them.
+    let reader = second_handle(store).await;
+    read_log_until(&reader, PATIENCE, |log| log.len() == 14).await;
+    let corrupted = sqlx::query(&format!(
+        "UPDATE \"{}\".events SET metadata = '[1,2]' WHERE stream_id IN ('note', 'bad')",
+        store.schema()
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(corrupted.rows_affected(), 2);
+    (tenth, bad, last)
+}
+
+/// Under `Stop`, a row that cannot be read used to fail the projection with
+/// the batch being gathered dropped: over ten good events and the row, it
+/// ended at position 0 with nothing applied. Now the events before it are
+/// applied and it stops at the event before it, naming the position; a
+/// row of a type it does not handle is skipped.
+#[tokio::test]
+async fn under_the_stop_policy_an_unreadable_row_stops_the_projection_after_the_events_before_it() {
+    let store = fresh_store().await;
+    totals_table(&store).await;
+    let (tenth, bad, last) = log_with_unreadable_rows(&store).await;
+    let handle = store.run_projection(
+        TotalsProjection::new(&store, "totals"),
+        fast().on_failure(OnFailure::Stop),
+    );
+    let error = handle.wait_for(last, PATIENCE).await.unwrap_err();
+    let status = handle.status();
+    let ProjectionState::Failed(reason) = &status.state else {
+        panic!("expected a failed projection, got {status:?} ({error})");
+    };
+    assert!(
+        reason.starts_with(&format!(
+            "the row at position {bad} (stream `bad` version 1) cannot be read: \
+             corrupt event in stream `bad` at version 1: metadata does not decode"
+        )),
+        "{reason}"
+    );
+    assert_eq!(status.position, tenth);
+    assert_eq!(store.projection_position("totals").await.unwrap(), tenth);
+    assert_eq!(
+        read_totals(&store).await,
+        totals(&[("a", 55, 10)]),
+        "the ten good credits before the row"
+    );
+    assert!(store.parked_events("totals").await.unwrap().is_empty());
+}
+
+/// Under `Park`, a row that cannot be read used to fail the projection like
+/// under `Stop`. Now it is parked with the reason, like an event whose
+/// handler fails, and the projection goes on; retrying it fails while it
+/// still cannot be read, and keeps it parked.
+#[tokio::test]
+async fn under_the_park_policy_an_unreadable_row_is_parked_and_the_projection_goes_on() {
+    let store = fresh_store().await;
+    totals_table(&store).await;
+    let (_, bad, last) = log_with_unreadable_rows(&store).await;
+    let handle = store.run_projection(
+        TotalsProjection::new(&store, "totals"),
+        fast().on_failure(OnFailure::Park),
+    );
+    handle.wait_for(last, PATIENCE).await.unwrap();
+    assert_eq!(state(&handle), ProjectionState::Running);
+    assert_eq!(
+        handle.status().parked,
+        1,
+        "the unhandled `Noted` row is skipped"
+    );
+    assert_eq!(store.projection_position("totals").await.unwrap(), last);
+    assert_eq!(read_totals(&store).await, totals(&[("a", 78, 12)]));
+
+    let parked = store.parked_events("totals").await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let row = &parked[0];
+    assert_eq!(
+        (
+            row.position,
+            row.stream_id.as_str(),
+            row.stream_version,
+            row.event_type.as_str()
+        ),
+        (bad, "bad", 1, "Credited")
+    );
+    assert!(
+        row.error.starts_with(&format!(
+            "the row at position {bad} (stream `bad` version 1) cannot be read: corrupt event"
+        )),
+        "{}",
+        row.error
+    );
+    let fixed = TotalsProjection::new(&store, "totals");
+    let retried = store.retry_parked(&fixed, bad).await;
+    assert!(
+        matches!(retried, Err(StoreError::Corrupt { .. })),
+        "{retried:?}"
+    );
+    assert_eq!(store.parked_events("totals").await.unwrap().len(), 1);
+
+    // It keeps following the log live.
+    let more = credit_to(&store, "a", &[13]).await;
+    handle.wait_for(more, PATIENCE).await.unwrap();
+    assert_eq!(read_totals(&store).await, totals(&[("a", 91, 13)]));
+    handle.stop().await;
+}

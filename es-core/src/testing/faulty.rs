@@ -5,14 +5,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::StoreError;
 use crate::event::{NewEvent, RecordedEvent};
-use crate::store::{EventStore, EventStream, Snapshot, StreamAppend};
+use crate::store::{
+    EventStore, EventStream, LogItem, LogStream, Snapshot, StreamAppend, UnreadableEvent,
+};
 use crate::version::{ExpectedVersion, StreamId};
 
 /// Wraps a store and injects faults on request: fail the next append before
 /// it reaches the store, lose the reply of the next append after it
 /// succeeded, fail the next read. Each injected failure is
-/// [`StoreError::Unavailable`], as a dropped connection would be. Clones
-/// share the same faults.
+/// [`StoreError::Unavailable`], as a dropped connection would be. It can
+/// also make the event at a position unreadable, as a row whose metadata
+/// no longer decodes is in a real store. Clones share the same faults.
 ///
 /// Used in `tests/runtime.rs` of the workspace: a lost reply makes the
 /// runtime re-send the same events, and the store's idempotency keeps them
@@ -21,6 +24,7 @@ use crate::version::{ExpectedVersion, StreamId};
 pub struct FaultyStore<S> {
     inner: S,
     faults: Arc<Mutex<Faults>>,
+    unreadable: Arc<Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,6 +43,7 @@ impl<S> FaultyStore<S> {
         FaultyStore {
             inner,
             faults: Arc::default(),
+            unreadable: Arc::default(),
         }
     }
 
@@ -66,6 +71,33 @@ impl<S> FaultyStore<S> {
     /// `head_position`) fails.
     pub fn fail_next_read(&self) {
         self.faults().fail_reads += 1;
+    }
+
+    /// The event at `position` reads as a corrupt row from now on: a
+    /// `read_all` page holding it fails with [`StoreError::Corrupt`],
+    /// `subscribe` yields that error after the events before it and ends,
+    /// and `subscribe_rows` yields it as [`LogItem::Unreadable`] and goes
+    /// on, as a PostgreSQL row whose metadata no longer decodes does.
+    pub fn make_unreadable(&self, position: u64) {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(position);
+    }
+
+    /// The error of an event made unreadable, or None.
+    fn unreadable(
+        unreadable: &Mutex<std::collections::BTreeSet<u64>>,
+        event: &RecordedEvent,
+    ) -> Option<StoreError> {
+        let unreadable = unreadable.lock().unwrap_or_else(PoisonError::into_inner);
+        unreadable
+            .contains(&event.global_position)
+            .then(|| StoreError::Corrupt {
+                stream_id: event.stream_id.clone(),
+                stream_version: event.stream_version,
+                reason: "injected fault: the row cannot be read".into(),
+            })
     }
 
     /// How many appends callers have attempted through this wrapper.
@@ -189,7 +221,14 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.take_read_fault()?;
-        self.inner.read_all(from_position, limit).await
+        let page = self.inner.read_all(from_position, limit).await?;
+        match page
+            .iter()
+            .find_map(|event| Self::unreadable(&self.unreadable, event))
+        {
+            Some(error) => Err(error),
+            None => Ok(page),
+        }
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
@@ -203,6 +242,48 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
     }
 
     fn subscribe(&self, from_position: u64) -> EventStream {
-        self.inner.subscribe(from_position)
+        use futures::StreamExt;
+        let unreadable = Arc::clone(&self.unreadable);
+        // Up to and including the first unreadable event, as its error.
+        self.inner
+            .subscribe(from_position)
+            .scan(false, move |ended, item| {
+                if *ended {
+                    return futures::future::ready(None);
+                }
+                let item = match item {
+                    Ok(event) => match Self::unreadable(&unreadable, &event) {
+                        Some(error) => Err(error),
+                        None => Ok(event),
+                    },
+                    Err(error) => Err(error),
+                };
+                *ended = item.is_err();
+                futures::future::ready(Some(item))
+            })
+            .boxed()
+    }
+
+    fn subscribe_rows(&self, from_position: u64) -> LogStream {
+        use futures::StreamExt;
+        let unreadable = Arc::clone(&self.unreadable);
+        self.inner
+            .subscribe_rows(from_position)
+            .map(move |item| match item {
+                Ok(LogItem::Event(event)) => match Self::unreadable(&unreadable, &event) {
+                    Some(error) => Ok(LogItem::Unreadable(UnreadableEvent {
+                        global_position: event.global_position,
+                        stream_id: event.stream_id,
+                        stream_version: event.stream_version,
+                        event_id: Some(event.event_id),
+                        event_type: Some(event.event_type.into_owned()),
+                        schema_version: Some(event.schema_version),
+                        error,
+                    })),
+                    None => Ok(LogItem::Event(event)),
+                },
+                other => other,
+            })
+            .boxed()
     }
 }

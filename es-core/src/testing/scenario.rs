@@ -102,14 +102,95 @@ where
     A::Error: Debug,
 {
     /// Runs `command` against the aggregate built from the given events.
+    ///
+    /// For an aggregate whose decision completes without waiting (no
+    /// services, or services that answer at once). A decision that awaits a
+    /// timer or a socket inside a tokio runtime (a `#[tokio::test]`) cannot
+    /// complete while this blocks the runtime's thread: `when` then panics,
+    /// saying so, rather than hang — use [`Scenario::when_async`] there.
     #[track_caller]
     pub fn when(self, command: A::Command) -> ThenExpect<A> {
+        let live = self.fold_history();
+        let result = if tokio::runtime::Handle::try_current().is_ok() {
+            let decision = live.decide(command, &self.services);
+            match futures::FutureExt::now_or_never(decision) {
+                Some(result) => result,
+                None => panic!(
+                    "the aggregate's decision awaits something (a service's timer or socket) \
+                     inside a tokio runtime, where blocking on it would deadlock: use \
+                     `.when_async(command).await` instead of `.when(command)`"
+                ),
+            }
+        } else {
+            futures_executor::block_on(live.decide(command, &self.services))
+        };
+        self.then(live, result)
+    }
+
+    /// Runs `command` against the aggregate built from the given events,
+    /// awaiting its decision: for aggregates whose services await (a mock
+    /// HTTP client, a tokio timer), in a `#[tokio::test]`.
+    ///
+    /// ```
+    /// # use es_core::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+    /// # enum PaymentEvent { Paid { cents: u64 } }
+    /// # #[derive(Debug, Clone, Command)]
+    /// # enum PaymentCommand { Pay { id: String, cents: u64 } }
+    /// # #[derive(Debug, PartialEq, thiserror::Error)]
+    /// # #[error("declined")]
+    /// # struct Declined;
+    /// struct SlowBank;
+    ///
+    /// impl SlowBank {
+    ///     async fn approves(&self, cents: u64) -> bool {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///         cents <= 100
+    ///     }
+    /// }
+    ///
+    /// #[derive(Debug, Default, PartialEq, Aggregate)]
+    /// #[aggregate(event = PaymentEvent, command = PaymentCommand, error = Declined, services = SlowBank)]
+    /// struct Payment;
+    ///
+    /// impl Payment {
+    ///     async fn handle(&self, c: PaymentCommand, bank: &SlowBank) -> Result<Vec<PaymentEvent>, Declined> {
+    ///         let PaymentCommand::Pay { cents, .. } = c;
+    ///         if !bank.approves(cents).await { return Err(Declined); }
+    ///         Ok(vec![PaymentEvent::Paid { cents }])
+    ///     }
+    ///     fn apply(&mut self, _: &PaymentEvent) {}
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// es_core::testing::Scenario::<Payment>::with_services(SlowBank)
+    ///     .when_async(PaymentCommand::Pay { id: "p".into(), cents: 500 })
+    ///     .await
+    ///     .then_expect_error(Declined);
+    /// # });
+    /// ```
+    pub async fn when_async(self, command: A::Command) -> ThenExpect<A> {
+        let live = self.fold_history();
+        let result = live.decide(command, &self.services).await;
+        self.then(live, result)
+    }
+
+    /// The aggregate built from the given events, each checked to survive
+    /// an encode/decode round trip.
+    #[track_caller]
+    fn fold_history(&self) -> A {
         let mut live = A::default();
         for event in &self.history {
             assert_round_trip(event);
             live.evolve(event);
         }
-        let result = futures_executor::block_on(live.decide(command, &self.services));
+        live
+    }
+
+    /// Checks the decision's events (round trip, replay) and applies them.
+    #[track_caller]
+    fn then(&self, mut live: A, result: Result<Vec<A::Event>, A::Error>) -> ThenExpect<A> {
         if let Ok(events) = &result {
             for event in events {
                 assert_round_trip(event);
@@ -132,7 +213,7 @@ where
     }
 }
 
-/// The outcome of [`Scenario::when`], to assert on.
+/// The outcome of [`Scenario::when`] or [`Scenario::when_async`], to assert on.
 #[must_use = "a scenario asserts nothing until a `then_…` method is called"]
 pub struct ThenExpect<A: Aggregate> {
     result: Result<Vec<A::Event>, A::Error>,
