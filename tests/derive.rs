@@ -2,7 +2,7 @@
 //! versions and exact payloads of events, aggregate ids and command types
 //! of commands, and aggregates deciding and evolving through the trait.
 
-use es::{Aggregate, Command, DecodeErrorKind, Event, Payload};
+use es::{Aggregate, Command, DecodeErrorKind, Event, Payload, RoutedCommand};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]

@@ -472,3 +472,86 @@ async fn a_snapshot_that_does_not_decode_means_a_full_replay() {
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
+
+// ---------------------------------------------------------------------------
+// Commands without an id field: the caller names the aggregate.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+enum LampEvent {
+    SwitchedOn,
+    SwitchedOff,
+}
+
+/// No variant carries an id: the derive accepts it, and only `execute_on`
+/// can run it (`execute` does not compile: see tests/ui).
+#[derive(Debug, Clone, Command)]
+enum LampCommand {
+    On,
+    Off,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("already {0}")]
+struct Already(&'static str);
+
+#[derive(Debug, Default, PartialEq, Aggregate)]
+#[aggregate(event = LampEvent, command = LampCommand, error = Already)]
+struct Lamp {
+    on: bool,
+}
+
+impl Lamp {
+    fn handle(&self, command: LampCommand) -> Result<Vec<LampEvent>, Already> {
+        match (command, self.on) {
+            (LampCommand::On, true) => Err(Already("on")),
+            (LampCommand::On, false) => Ok(vec![LampEvent::SwitchedOn]),
+            (LampCommand::Off, false) => Err(Already("off")),
+            (LampCommand::Off, true) => Ok(vec![LampEvent::SwitchedOff]),
+        }
+    }
+
+    fn apply(&mut self, event: &LampEvent) {
+        self.on = matches!(event, LampEvent::SwitchedOn);
+    }
+}
+
+#[tokio::test]
+async fn a_command_without_an_id_runs_on_the_aggregate_the_caller_names() {
+    let store = MemoryStore::new();
+    let lamps = Repository::<Lamp, _>::new(store.clone());
+    let on = lamps.execute_on("hall", LampCommand::On).await.unwrap();
+    assert_eq!(on.events[0].stream_id.as_str(), "lamp-hall");
+    assert_eq!(on.events[0].data, LampEvent::SwitchedOn);
+    assert!(matches!(
+        lamps.execute_on("hall", LampCommand::On).await,
+        Err(CommandError::Rejected(Already("on")))
+    ));
+    // Another lamp is another stream.
+    lamps.execute_on("porch", LampCommand::On).await.unwrap();
+    let ctx = CommandContext::new().with_actor("night-timer");
+    let off = lamps
+        .execute_on_with("hall", LampCommand::Off, ctx)
+        .await
+        .unwrap();
+    assert_eq!(off.events[0].metadata.actor.as_deref(), Some("night-timer"));
+    assert!(!lamps.load("hall").await.unwrap().state.on);
+    assert!(lamps.load("porch").await.unwrap().state.on);
+    assert_eq!(LampCommand::Off.command_type(), "Off");
+}
+
+#[tokio::test]
+async fn execute_on_overrides_the_id_a_command_carries() {
+    let store = MemoryStore::new();
+    let counters = Repository::<Counter, _>::new(store.clone());
+    let outcome = counters
+        .execute_on(
+            "other",
+            CounterCommand::Add {
+                id: "ignored".into(),
+                n: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.events[0].stream_id.as_str(), "counter-other");
+}

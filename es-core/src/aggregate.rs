@@ -10,10 +10,12 @@ use crate::version::StreamId;
 ///
 /// Derive it with `#[derive(Command)]` on an enum or a struct. Each variant
 /// names its target aggregate with a field called `id`, or with a field
-/// marked `#[command(id)]`; the field's type must implement `Display`.
+/// marked `#[command(id)]` (the field's type must implement `Display`):
+/// then it is a [`RoutedCommand`]. A command type without any id field is
+/// run against an id the caller gives (`Repository::execute_on`).
 ///
 /// ```
-/// use es_core::Command;
+/// use es_core::{Command, RoutedCommand};
 ///
 /// #[derive(Clone, Command)]
 /// enum AccountCommand {
@@ -26,11 +28,37 @@ use crate::version::StreamId;
 /// assert_eq!(cmd.command_type(), "Deposit");
 /// ```
 pub trait Command: Clone + Send + Sync + 'static {
-    /// The id of the aggregate instance this command targets.
-    fn aggregate_id(&self) -> String;
-
     /// The command's type name (its variant), for logs and journals.
     fn command_type(&self) -> &'static str;
+}
+
+/// A command that names the aggregate instance it targets, so
+/// `Repository::execute(command)` can route it. `#[derive(Command)]`
+/// implements it when the command has an id field (`id`, or one marked
+/// `#[command(id)]`) in every variant; a command type without one is run
+/// with `Repository::execute_on(id, command)`.
+///
+/// ```
+/// use es_core::{Command, RoutedCommand};
+///
+/// #[derive(Clone, Command)]
+/// struct Deposit { id: String, amount: u64 }
+///
+/// #[derive(Clone, Command)]
+/// enum AccountCommand { Open { owner: String }, Close }
+///
+/// assert_eq!(Deposit { id: "a".into(), amount: 5 }.aggregate_id(), "a");
+/// assert_eq!(AccountCommand::Close.command_type(), "Close");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not name the aggregate it targets",
+    label = "no id field",
+    note = "add a field named `id` (or mark one with `#[command(id)]`) to every variant, \
+            or run it with `execute_on(id, command)`"
+)]
+pub trait RoutedCommand: Command {
+    /// The id of the aggregate instance this command targets.
+    fn aggregate_id(&self) -> String;
 }
 
 /// An event-sourced aggregate: state rebuilt by applying its events, and a

@@ -74,7 +74,7 @@ mod version;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use aggregate::{Aggregate, Command};
+pub use aggregate::{Aggregate, Command, RoutedCommand};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
 pub use event::{AggregateEvent, Event, NewEvent, Payload, RecordedEvent};
 pub use metadata::{CommandContext, Metadata};
@@ -92,8 +92,8 @@ pub use es_macros::{Aggregate, Command, Event, Projection};
 pub mod prelude {
     pub use crate::{
         Aggregate, AggregateEvent, Command, CommandContext, CommandError, CommandOutcome, Event,
-        EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository, StoreError,
-        StreamAppend, StreamId,
+        EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository, RoutedCommand,
+        StoreError, StreamAppend, StreamId,
     };
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregate::{Aggregate, Command};
+use crate::aggregate::{Aggregate, Command, RoutedCommand};
 use crate::error::{CommandError, StoreError};
 use crate::event::Payload;
 use crate::event::{NewEvent, RecordedEvent};
@@ -446,12 +446,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
     }
 
-    /// Runs a command with a fresh [`CommandContext`].
+    /// Runs a command with a fresh [`CommandContext`], on the aggregate it
+    /// names ([`RoutedCommand::aggregate_id`]).
     pub async fn execute(
         &self,
         command: A::Command,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>>
+    where
+        A::Command: RoutedCommand,
+    {
         self.execute_with(command, CommandContext::new()).await
+    }
+
+    /// Runs a command on the aggregate instance `id`, for command types
+    /// that carry no id (or to override the one they carry), with a fresh
+    /// [`CommandContext`].
+    pub async fn execute_on(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.execute_on_with(id, command, CommandContext::new())
+            .await
+    }
+
+    /// [`Repository::execute_with`] on the aggregate instance `id`.
+    pub async fn execute_on_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.execute_in(A::stream_id(id), command, context).await
     }
 
     /// Runs a command: load, decide, append with the loaded version as the
@@ -462,8 +488,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         &self,
         command: A::Command,
         context: CommandContext,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>>
+    where
+        A::Command: RoutedCommand,
+    {
         let stream_id = A::stream_id(&command.aggregate_id());
+        self.execute_in(stream_id, command, context).await
+    }
+
+    /// Runs a command on the aggregate whose stream is `stream_id`.
+    async fn execute_in(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let record = self.command_record(&command, &context)?;
         if let Some(record) = &record {
             if let Some(entry) = self.store.find_command(record.command_id).await? {

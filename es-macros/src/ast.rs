@@ -184,6 +184,23 @@ pub(crate) struct CommandField<'a> {
 }
 
 impl<'a> CommandInput<'a> {
+    /// The command bodies: the struct's, or each variant's.
+    pub(crate) fn targets(&self) -> &[CommandVariant<'a>] {
+        match &self.shape {
+            CommandShape::Enum(variants) => variants,
+            CommandShape::Struct(body) => std::slice::from_ref(body),
+        }
+    }
+
+    /// Whether the command names its aggregate: some field is `id` or
+    /// marked `#[command(id)]` (then every variant must have one). A
+    /// command without any is run with `execute_on(id, command)`.
+    pub(crate) fn routed(&self) -> bool {
+        self.targets().iter().any(|target| {
+            target.id_field().is_some() || target.fields.iter().any(|field| field.wrong_attr)
+        })
+    }
+
     /// The model of `input`, or `None` (with the error recorded) for a union.
     pub(crate) fn from_syn(cx: &mut Errors, input: &'a DeriveInput) -> Option<Self> {
         let shape = match &input.data {

@@ -301,18 +301,27 @@ fn command(input: &CommandInput) -> TokenStream {
         }
     };
 
+    let routed = input.routed().then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #root::RoutedCommand for #ident {
+                fn aggregate_id(&self) -> #private::String {
+                    #aggregate_id
+                }
+            }
+        }
+    });
+
     quote! {
         const _: () = {
             #[automatically_derived]
             impl #root::Command for #ident {
-                fn aggregate_id(&self) -> #private::String {
-                    #aggregate_id
-                }
-
                 fn command_type(&self) -> &'static #str {
                     #command_type
                 }
             }
+
+            #routed
         };
     }
 }

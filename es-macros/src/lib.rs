@@ -91,9 +91,11 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// | `#[command(id)]` | a field | this field holds the aggregate id | the field named `id` |
 /// | `#[command(name = "...")]` | a variant, or the struct | the command type name (`command_type()`) | the variant's (or struct's) name |
 ///
-/// The derive rejects generic types, unions, empty enums, unit variants, a
-/// variant without an id field and a variant with two `#[command(id)]`
-/// fields.
+/// A command type with no id field anywhere is not routed: it implements
+/// `Command` only, and runs with `Repository::execute_on(id, command)`;
+/// with id fields it also implements `RoutedCommand`. The derive rejects
+/// generic types, unions, empty enums, and, in a routed enum, a variant
+/// without an id field and a variant with two `#[command(id)]` fields.
 ///
 /// ```text
 /// use es::Command;

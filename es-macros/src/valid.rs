@@ -122,8 +122,11 @@ fn variant_serde_key(key: &Path) -> Option<String> {
 /// Checks the input of `#[derive(Command)]`.
 pub(crate) fn command(cx: &mut Errors, input: &CommandInput) {
     no_generics(cx, input.generics, "Command");
+    // A command type either names its aggregate in every variant, or in
+    // none (then the caller names it: `execute_on(id, command)`).
+    let routed = input.routed();
     match &input.shape {
-        CommandShape::Struct(body) => command_target(cx, body, "struct"),
+        CommandShape::Struct(body) => command_target(cx, body, "struct", routed),
         CommandShape::Enum(variants) => {
             if variants.is_empty() {
                 cx.error_spanned_by(
@@ -132,24 +135,28 @@ pub(crate) fn command(cx: &mut Errors, input: &CommandInput) {
                 );
             }
             for variant in variants {
-                command_target(cx, variant, "variant");
+                command_target(cx, variant, "variant", routed);
             }
         }
     }
 }
 
-/// Checks one command variant (or struct): a name, exactly one id field.
-fn command_target(cx: &mut Errors, target: &CommandVariant, kind: &str) {
+/// Checks one command variant (or struct): a name, and, when the command
+/// type names its aggregate, exactly one id field.
+fn command_target(cx: &mut Errors, target: &CommandVariant, kind: &str, routed: bool) {
     if let Some(name) = &target.name {
         not_blank(cx, name, "a command type name");
+    }
+    if !routed {
+        return;
     }
     let ident = target.ident;
     if target.style == Style::Unit {
         cx.error_spanned_by(
             ident,
             format!(
-                "unit {kind} `{ident}` has no field to hold the aggregate id: \
-                 add a field named `id` or mark one with `#[command(id)]`"
+                "unit {kind} `{ident}` has no field to hold the aggregate id, while other \
+                 variants have one: add a field named `id` or mark one with `#[command(id)]`"
             ),
         );
         return;
@@ -171,7 +178,7 @@ fn command_target(cx: &mut Errors, target: &CommandVariant, kind: &str) {
         cx.error_spanned_by(
             ident,
             format!(
-                "{kind} `{ident}` has no aggregate id: \
+                "{kind} `{ident}` has no aggregate id, while other variants have one: \
                  add a field named `id` or mark one with `#[command(id)]`"
             ),
         );

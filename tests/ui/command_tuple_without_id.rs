@@ -1,6 +1,0 @@
-use es::Command;
-
-#[derive(Clone, Command)]
-struct CloseAccount(String, String);
-
-fn main() {}
