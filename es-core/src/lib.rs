@@ -64,6 +64,7 @@ extern crate self as es_core;
 mod aggregate;
 mod error;
 mod event;
+pub mod limits;
 mod metadata;
 pub mod projection;
 mod runtime;
@@ -84,6 +85,10 @@ pub use store::{
     JournalOutcome, Snapshot, StreamAppend,
 };
 pub use version::{ExpectedVersion, StreamId};
+pub use limits::{
+    check_stream_id, MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
+    MAX_STREAM_ID_BYTES,
+};
 
 pub use es_macros::{Aggregate, Command, Event, Projection};
 
