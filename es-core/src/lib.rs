@@ -78,6 +78,10 @@ pub mod testing;
 pub use aggregate::{Aggregate, Command};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
 pub use event::{Event, NewEvent, Payload, RecordedEvent};
+pub use limits::{
+    check_stream_id, MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
+    MAX_STREAM_ID_BYTES,
+};
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Loaded, Repository, RetryPolicy};
 pub use store::{
@@ -85,10 +89,6 @@ pub use store::{
     JournalOutcome, Snapshot, StreamAppend,
 };
 pub use version::{ExpectedVersion, StreamId};
-pub use limits::{
-    check_stream_id, MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
-    MAX_STREAM_ID_BYTES,
-};
 
 pub use es_macros::{Aggregate, Command, Event, Projection};
 

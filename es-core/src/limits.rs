@@ -94,7 +94,11 @@ pub fn json_has_nul(json: &str) -> bool {
 
 /// Checks one event of an append to `stream_id` (the `index`th, from 0)
 /// and returns its size in bytes (payload and metadata).
-pub fn check_event(stream_id: &StreamId, index: usize, event: &NewEvent) -> Result<usize, StoreError> {
+pub fn check_event(
+    stream_id: &StreamId,
+    index: usize,
+    event: &NewEvent,
+) -> Result<usize, StoreError> {
     let invalid = |reason: String| StoreError::InvalidAppend {
         stream_id: stream_id.clone(),
         reason: format!("event {index} ({}): {reason}", event.event_id),

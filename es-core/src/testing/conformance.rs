@@ -1416,7 +1416,9 @@ pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store:
     for bad in ["", "nul\0inside", "\0", too_long.as_str()] {
         let stream = StreamId::from(bad);
         assert_invalid_stream_id(
-            store.append(&stream, ExpectedVersion::Any, events(0..1)).await,
+            store
+                .append(&stream, ExpectedVersion::Any, events(0..1))
+                .await,
             &stream,
             "append",
         );
@@ -1452,16 +1454,8 @@ pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store:
             &stream,
             "stream_version",
         );
-        assert_invalid_stream_id(
-            store.close_stream(&stream).await,
-            &stream,
-            "close_stream",
-        );
-        assert_invalid_stream_id(
-            store.erase_stream(&stream).await,
-            &stream,
-            "erase_stream",
-        );
+        assert_invalid_stream_id(store.close_stream(&stream).await, &stream, "close_stream");
+        assert_invalid_stream_id(store.erase_stream(&stream).await, &stream, "erase_stream");
         let snapshot = Snapshot {
             version: 1,
             schema_version: 1,
@@ -1473,11 +1467,7 @@ pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store:
             &stream,
             "save_snapshot",
         );
-        assert_invalid_stream_id(
-            store.load_snapshot(&stream).await,
-            &stream,
-            "load_snapshot",
-        );
+        assert_invalid_stream_id(store.load_snapshot(&stream).await, &stream, "load_snapshot");
     }
     assert!(
         read_whole_log(&store).await.is_empty(),
@@ -1489,7 +1479,10 @@ pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store:
         .append(&at_limit, ExpectedVersion::NoStream, events(0..2))
         .await
         .expect("an id of exactly the limit is stored");
-    assert_eq!(versions(&read_whole_stream(&store, &at_limit).await), [1, 2]);
+    assert_eq!(
+        versions(&read_whole_stream(&store, &at_limit).await),
+        [1, 2]
+    );
     assert_eq!(store.stream_version(&at_limit).await.unwrap(), 2);
 }
 
@@ -1498,7 +1491,10 @@ fn assert_invalid_append(result: Result<Vec<RecordedEvent>, StoreError>, what: &
     match result {
         Err(StoreError::InvalidAppend { stream_id, reason }) => {
             assert_eq!(stream_id.as_str(), "hostile", "{what}");
-            assert!(reason.contains(needle), "{what}: {reason:?} should mention {needle:?}");
+            assert!(
+                reason.contains(needle),
+                "{what}: {reason:?} should mention {needle:?}"
+            );
         }
         other => panic!("{what}: expected InvalidAppend, got {other:?}"),
     }
@@ -1565,7 +1561,9 @@ pub async fn events_a_store_cannot_hold_are_refused_and_write_nothing<S: EventSt
         let mut append = events(0..2);
         append.insert(1, bad);
         assert_invalid_append(
-            store.append(&stream, ExpectedVersion::Any, append.clone()).await,
+            store
+                .append(&stream, ExpectedVersion::Any, append.clone())
+                .await,
             what,
             needle,
         );
@@ -1617,7 +1615,10 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
             limit,
         }) => {
             assert_eq!(stream_id, stream);
-            assert_eq!((size, limit), (crate::MAX_PAYLOAD_BYTES + 1, crate::MAX_PAYLOAD_BYTES));
+            assert_eq!(
+                (size, limit),
+                (crate::MAX_PAYLOAD_BYTES + 1, crate::MAX_PAYLOAD_BYTES)
+            );
         }
         other => panic!(
             "expected PayloadTooLarge, got {:?}",
@@ -1674,7 +1675,10 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
         "{refused:?}"
     );
     assert!(store.load_snapshot(&stream).await.unwrap().is_none());
-    assert!(read_whole_log(&store).await.is_empty(), "nothing was written");
+    assert!(
+        read_whole_log(&store).await.is_empty(),
+        "nothing was written"
+    );
     let message = StoreError::PayloadTooLarge {
         stream_id: stream.clone(),
         size: 300_000_000,
