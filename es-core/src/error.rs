@@ -104,6 +104,64 @@ pub enum StoreError {
     /// Any other failure of the store's backend.
     #[error("event store failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// The stream id cannot be stored (empty, a NUL character, longer than
+    /// [`crate::MAX_STREAM_ID_BYTES`]); every operation refuses it alike.
+    #[error("invalid stream id {}: {reason}", crate::limits::shown(stream_id.as_str()))]
+    InvalidStreamId {
+        /// The refused id.
+        stream_id: StreamId,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A payload (an event's, or a snapshot's state) is larger than the
+    /// store takes; nothing was written.
+    #[error("a payload of {size} bytes for stream `{stream_id}` is above the store's limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The stream written to.
+        stream_id: StreamId,
+        /// The payload's size in bytes (its JSON text).
+        size: usize,
+        /// The largest size the store takes.
+        limit: usize,
+    },
+
+    /// One append's payloads and metadata together are larger than the
+    /// store takes in one append; nothing was written.
+    #[error("an append of {size} bytes (payloads and metadata) to stream `{stream_id}` is above the store's limit of {limit} bytes per append")]
+    AppendTooLarge {
+        /// The stream appended to.
+        stream_id: StreamId,
+        /// The append's size in bytes.
+        size: usize,
+        /// The largest append the store takes.
+        limit: usize,
+    },
+
+    /// The stream's version would pass the largest version the store can
+    /// hold; nothing was written.
+    #[error("stream `{stream_id}` cannot take {events} more events: its version {version} would pass the largest storable version")]
+    VersionOverflow {
+        /// The stream appended to.
+        stream_id: StreamId,
+        /// Its current version, when known (0 otherwise).
+        version: u64,
+        /// How many events the append held.
+        events: usize,
+    },
+
+    /// A stored stream has a hole: a version is missing (a row deleted by
+    /// hand, say), so its events cannot be folded.
+    #[error("stream `{stream_id}` is missing version {missing} (the next stored version is {})", match found { Some(v) => v.to_string(), None => "none".to_owned() })]
+    MissingVersion {
+        /// The stream.
+        stream_id: StreamId,
+        /// The first missing version.
+        missing: u64,
+        /// The version stored after the hole, if any.
+        found: Option<u64>,
+    },
 }
 
 impl StoreError {

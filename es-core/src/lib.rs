@@ -64,6 +64,7 @@ extern crate self as es_core;
 mod aggregate;
 mod error;
 mod event;
+pub mod limits;
 mod metadata;
 pub mod projection;
 mod runtime;
@@ -77,6 +78,10 @@ pub mod testing;
 pub use aggregate::{Aggregate, Command, RoutedCommand};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
 pub use event::{AggregateEvent, Event, NewEvent, Payload, RecordedEvent};
+pub use limits::{
+    check_stream_id, MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
+    MAX_STREAM_ID_BYTES,
+};
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Loaded, Repository, RetryPolicy};
 pub use store::{

@@ -98,10 +98,12 @@ impl StreamAppend {
     }
 }
 
-/// Checks one append before it reaches a store: an event id may appear
-/// once. Stores call it, so every store refuses the same shapes.
+/// Checks one append before it reaches a store: the stream id and every
+/// event within the limits of [`crate::limits`], and an event id once.
+/// Stores call it, so every store refuses the same shapes.
 pub fn check_events(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     check_metadata(stream_id, events)?;
+    crate::limits::check_append(stream_id, events)?;
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     match events.iter().find(|e| !seen.insert(e.event_id)) {
         Some(dup) => Err(StoreError::InvalidAppend {
@@ -132,12 +134,14 @@ fn check_metadata(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), Store
     }
 }
 
-/// Checks an atomic append before it reaches a store: a stream may appear
-/// once, an event id once across all streams.
+/// Checks an atomic append before it reaches a store: each stream's part
+/// as [`check_events`] does, a stream once, an event id once across all
+/// streams.
 pub fn check_appends(appends: &[StreamAppend]) -> Result<(), StoreError> {
     let mut streams = std::collections::HashSet::with_capacity(appends.len());
     let mut ids = std::collections::HashSet::new();
     for write in appends {
+        crate::limits::check_append(&write.stream_id, &write.events)?;
         if !streams.insert(&write.stream_id) {
             return Err(StoreError::InvalidAppend {
                 stream_id: write.stream_id.clone(),

@@ -17,6 +17,14 @@
 //! # });
 //! ```
 //!
+//! # Limits
+//!
+//! The store takes and refuses exactly what the PostgreSQL store does (see
+//! [`es_core::limits`]): a stream id of 1 to 2,048 bytes without a NUL
+//! character, on every operation; no NUL character in event types,
+//! payloads or metadata; payloads up to 32 MiB. Code tested here does not
+//! break on PostgreSQL for input it accepted.
+//!
 //! # Concurrency and memory
 //!
 //! The store is a cheap handle (`Clone`) over one log behind a lock, safe to
@@ -374,6 +382,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        es_core::limits::check_command(stream_id, command, None)?;
         let write = StreamAppend {
             stream_id: stream_id.clone(),
             expected,
@@ -391,6 +400,7 @@ impl EventStore for MemoryStore {
         stream_id: &StreamId,
         error: &str,
     ) -> Result<(), StoreError> {
+        es_core::limits::check_command(stream_id, command, Some(error))?;
         self.write().record(JournalEntry {
             command: command.clone(),
             stream_id: stream_id.clone(),
@@ -412,6 +422,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        es_core::check_stream_id(stream_id)?;
         let log = self.read();
         let indices = log.journals.get(stream_id).map_or(&[][..], Vec::as_slice);
         Ok(indices.iter().map(|&i| log.journal[i].clone()).collect())
@@ -438,11 +449,13 @@ impl EventStore for MemoryStore {
     }
 
     async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        es_core::check_stream_id(stream_id)?;
         self.write().closed.insert(stream_id.clone());
         Ok(())
     }
 
     async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        es_core::check_stream_id(stream_id)?;
         let mut log = self.write();
         log.closed.insert(stream_id.clone());
         let indices = log.streams.get(stream_id).cloned().unwrap_or_default();
@@ -471,6 +484,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        es_core::check_stream_id(stream_id)?;
         Ok(self.read().snapshots.get(stream_id).cloned())
     }
 
@@ -479,6 +493,7 @@ impl EventStore for MemoryStore {
         stream_id: &StreamId,
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
+        es_core::limits::check_snapshot(stream_id, &snapshot)?;
         let mut log = self.write();
         let newer = log
             .snapshots
@@ -496,6 +511,7 @@ impl EventStore for MemoryStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        es_core::check_stream_id(stream_id)?;
         let log = self.read();
         let Some(indices) = log.streams.get(stream_id) else {
             return Ok(Vec::new());
@@ -519,6 +535,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        es_core::check_stream_id(stream_id)?;
         Ok(self.read().streams.get(stream_id).map_or(0, Vec::len) as u64)
     }
 

@@ -10,18 +10,29 @@ use es_core::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamId};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::{append_refusal, unavailable_or_backend, Inner, PgEventStore};
+use crate::{append_refusal, expected_arg, unavailable_or_backend, Inner, PgEventStore};
 
 /// Most appends in one batch: each takes a subtransaction, and more than 64
 /// in one transaction would overflow PostgreSQL's per-backend subxid cache
 /// and slow every snapshot in the cluster.
 const MAX_BATCH: usize = 48;
 
-/// One append waiting for its batch.
+/// A batch stops gathering once it holds this many bytes of payloads and
+/// metadata: the batch travels as one `jsonb` value, which PostgreSQL
+/// limits to 255 MiB.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Appends larger than this go on their own, not through a batch.
+pub(crate) const MAX_GROUPED_BYTES: usize = 4 * 1024 * 1024;
+
+/// One append waiting for its batch, checked and described (as
+/// `append_batch()` reads it) by its caller before it joined the queue.
 pub(crate) struct Pending {
     pub stream_id: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
+    pub described: serde_json::Value,
+    pub bytes: usize,
     pub reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
 }
 
@@ -44,10 +55,14 @@ async fn commit_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pend
             let Some(first) = queue.recv().await else {
                 return;
             };
+            let mut bytes = first.bytes;
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
+                    Ok(pending) => {
+                        bytes += pending.bytes;
+                        batch.push(pending);
+                    }
                     Err(_) => break,
                 }
             }
@@ -60,32 +75,77 @@ async fn commit_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pend
     }
 }
 
+/// What one row of `append_batch()` says.
+enum Outcome {
+    Stored(i64, i64, chrono::DateTime<chrono::Utc>),
+    Refused(String, String, String),
+}
+
+fn read_row(row: &sqlx::postgres::PgRow) -> Result<(usize, Outcome), String> {
+    let index: i32 = row.try_get(0).map_err(|e| e.to_string())?;
+    let index = usize::try_from(index).map_err(|_| format!("negative index {index}"))?;
+    let code: Option<String> = row.try_get(4).map_err(|e| e.to_string())?;
+    let outcome = match code {
+        Some(code) => {
+            let detail: Option<String> = row.try_get(5).map_err(|e| e.to_string())?;
+            let message: Option<String> = row.try_get(6).map_err(|e| e.to_string())?;
+            Outcome::Refused(
+                code,
+                detail.unwrap_or_default(),
+                message.unwrap_or_default(),
+            )
+        }
+        None => Outcome::Stored(
+            row.try_get(1).map_err(|e| e.to_string())?,
+            row.try_get(2).map_err(|e| e.to_string())?,
+            row.try_get(3).map_err(|e| e.to_string())?,
+        ),
+    };
+    Ok((index, outcome))
+}
+
 async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
     // Lock streams in one order in every batch: two committers' batches
     // that share streams would otherwise deadlock, and a waiting batch
     // holds back every reader of the log until the deadlock is detected.
     // The sort is stable, so appends to one stream keep their order.
     batch.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
-    let appends: Vec<serde_json::Value> = batch.iter().map(describe).collect();
+    let appends: Vec<&serde_json::Value> = batch.iter().map(|p| &p.described).collect();
+    let text = match serde_json::to_string(&appends) {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(%error, "cannot write a group-commit batch; appending alone");
+            return append_alone(&store, batch).await;
+        }
+    };
     let result = sqlx::query(&format!(
         "SELECT out_index, out_position, out_version, out_recorded_at, out_code, out_detail, \
                 out_message FROM \"{}\".append_batch($1::jsonb)",
         store.schema()
     ))
-    .bind(serde_json::Value::Array(appends).to_string())
+    .bind(text)
     .fetch_all(store.pool())
     .await;
     let rows = match result {
         Ok(rows) => rows,
         Err(error) => {
-            // The whole statement failed: nothing was committed. Callers
-            // re-send (same event ids), which is always safe.
             let error = unavailable_or_backend(error);
-            let message = error.to_string();
-            for pending in batch {
-                let _ = pending
-                    .reply
-                    .send(Err(StoreError::Unavailable(message.clone())));
+            if error.is_transient() {
+                // The connection failed: whether the batch committed is
+                // unknown. Callers re-send (same event ids), which is safe.
+                let message = error.to_string();
+                for pending in batch {
+                    let _ = pending
+                        .reply
+                        .send(Err(StoreError::Unavailable(message.clone())));
+                }
+            } else {
+                // The statement as a whole was refused, so no retry of the
+                // batch can succeed: each append goes alone and gets its own
+                // outcome (a re-sent append that did commit returns its
+                // stored events).
+                tracing::warn!(%error, "a group-commit batch failed; appending each alone");
+                append_alone(&store, batch).await;
             }
             return;
         }
@@ -93,30 +153,32 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
     let mut outcomes: Vec<Vec<(i64, i64, chrono::DateTime<chrono::Utc>)>> =
         batch.iter().map(|_| Vec::new()).collect();
     let mut failures: Vec<Option<(String, String, String)>> = batch.iter().map(|_| None).collect();
+    // A row that cannot be read (or names no append of the batch) leaves
+    // some append's outcome unknown: those are sent again alone below.
+    let mut unreadable = false;
     for row in &rows {
-        let parsed = (|| -> Result<(), sqlx::Error> {
-            let index: i32 = row.try_get(0)?;
-            let index = index as usize;
-            let code: Option<String> = row.try_get(4)?;
-            match code {
-                Some(code) => {
-                    let detail: Option<String> = row.try_get(5)?;
-                    let message: Option<String> = row.try_get(6)?;
-                    failures[index] = Some((
-                        code,
-                        detail.unwrap_or_default(),
-                        message.unwrap_or_default(),
-                    ));
-                }
-                None => outcomes[index].push((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)),
+        match read_row(row) {
+            Ok((index, Outcome::Refused(code, detail, message))) if index < batch.len() => {
+                failures[index] = Some((code, detail, message));
             }
-            Ok(())
-        })();
-        if let Err(error) = parsed {
-            tracing::error!(%error, "unreadable append_batch row");
+            Ok((index, Outcome::Stored(position, version, at))) if index < batch.len() => {
+                outcomes[index].push((position, version, at));
+            }
+            Ok((index, _)) => {
+                tracing::error!(
+                    index,
+                    size = batch.len(),
+                    "append_batch row names no append of the batch"
+                );
+                unreadable = true;
+            }
+            Err(error) => {
+                tracing::error!(%error, "unreadable append_batch row");
+                unreadable = true;
+            }
         }
     }
-    let mut retry_alone = Vec::new();
+    let mut alone = Vec::new();
     for ((pending, rows), failure) in batch.into_iter().zip(outcomes).zip(failures) {
         match failure {
             Some((code, detail, message)) => {
@@ -134,10 +196,10 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
                     // Anything else (an id stored concurrently, a stream a
                     // younger transaction appended to): the direct path
                     // knows how to retry it.
-                    None => retry_alone.push(pending),
+                    None => alone.push(pending),
                 }
             }
-            None if rows.len() == pending.events.len() => {
+            None if rows.len() == pending.events.len() && !(unreadable && rows.is_empty()) => {
                 let recorded = pending
                     .events
                     .into_iter()
@@ -156,19 +218,19 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
                     .collect();
                 let _ = pending.reply.send(Ok(recorded));
             }
-            None => {
-                let _ = pending.reply.send(Err(StoreError::Backend(
-                    format!(
-                        "append_batch returned {} rows for {} events",
-                        rows.len(),
-                        pending.events.len()
-                    )
-                    .into(),
-                )));
-            }
+            // The batch committed, but what became of this append cannot
+            // be read from its rows: sent again alone, it is either stored
+            // already (and returns its events as stored) or refused or
+            // stored now. Never "failed" for events that committed.
+            None => alone.push(pending),
         }
     }
-    for pending in retry_alone {
+    append_alone(&store, alone).await;
+}
+
+/// Sends each append on its own and answers its caller.
+async fn append_alone(store: &PgEventStore, appends: Vec<Pending>) {
+    for pending in appends {
         let result = store
             .append_direct(&pending.stream_id, pending.expected, pending.events)
             .await;
@@ -176,26 +238,35 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
     }
 }
 
-/// One append as `append_batch()` reads it.
-fn describe(pending: &Pending) -> serde_json::Value {
-    let (kind, expected) = match pending.expected {
-        ExpectedVersion::Any => (0, 0),
-        ExpectedVersion::NoStream => (1, 0),
-        ExpectedVersion::StreamExists => (2, 0),
-        ExpectedVersion::Exact(v) => (3, v),
-    };
-    let events = &pending.events;
-    serde_json::json!({
-        "stream": pending.stream_id.as_str(),
+/// One append as `append_batch()` reads it, with its size in bytes. Its
+/// caller has checked it (`es_core::check_events`), so no value in it is
+/// one PostgreSQL refuses.
+pub(crate) fn describe(
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<(serde_json::Value, usize), StoreError> {
+    let (kind, expected) = expected_arg(expected);
+    let mut metadata = Vec::with_capacity(events.len());
+    for e in events {
+        metadata.push(serde_json::to_string(&e.metadata).map_err(|err| {
+            StoreError::InvalidAppend {
+                stream_id: stream_id.clone(),
+                reason: format!("metadata does not serialize: {err}"),
+            }
+        })?);
+    }
+    let bytes = events.iter().map(|e| e.payload.len()).sum::<usize>()
+        + metadata.iter().map(String::len).sum::<usize>();
+    let described = serde_json::json!({
+        "stream": stream_id.as_str(),
         "kind": kind,
         "expected": expected,
         "ids": events.iter().map(|e| e.event_id.to_string()).collect::<Vec<_>>(),
         "types": events.iter().map(|e| &*e.event_type).collect::<Vec<_>>(),
         "versions": events.iter().map(|e| e.schema_version.to_string()).collect::<Vec<_>>(),
         "payloads": events.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>(),
-        "metadata": events
-            .iter()
-            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
-            .collect::<Vec<_>>(),
-    })
+        "metadata": metadata,
+    });
+    Ok((described, bytes))
 }

@@ -76,8 +76,12 @@
 //! [`EventStore::subscribe`] reads pages of the global log, then waits for a
 //! NOTIFY on the schema's channel (sent by every append at commit) or the
 //! poll interval, whichever is first. It holds at most one page per
-//! subscriber. One listener task per store handle (and one connection of
-//! its pool) LISTENs for all of the handle's subscriptions. When the server
+//! subscriber: 512 events or about 8 MiB of payloads and metadata,
+//! whichever comes first, and at least one event (payloads are at most
+//! [`es_core::MAX_PAYLOAD_BYTES`]). One listener task per store handle, on
+//! a connection of its own outside the pool (so a pool of one connection
+//! still serves appends and reads), LISTENs for all of the handle's
+//! subscriptions. When the server
 //! restarts or a connection drops, reads back off and retry, the listener
 //! reconnects, and each subscription resumes from the position after the
 //! last event it delivered: nothing lost, nothing twice.
@@ -154,6 +158,7 @@ impl Drop for Inner {
 struct Options {
     poll_interval: Duration,
     subscription_page: usize,
+    subscription_page_bytes: usize,
     read_your_writes_timeout: Duration,
 }
 
@@ -162,6 +167,7 @@ struct Queries {
     append_command: String,
     read_stream: String,
     read_all: String,
+    read_page: String,
     readable_bound: String,
     read_correlation: String,
     head_position: String,
@@ -184,15 +190,33 @@ impl Queries {
                 "SELECT out_position, out_version, out_recorded_at, out_replayed \
                  FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
+            // The stream's version comes with its events (or alone, when
+            // none is read) so that a hole at the end is seen too.
             read_stream: format!(
-                "SELECT {columns} FROM {s}.events e \
-                 WHERE e.stream_id = $1 AND e.stream_version >= $2 \
-                 ORDER BY e.stream_version LIMIT $3"
+                "SELECT {columns}, h.version FROM {s}.streams h \
+                 LEFT JOIN LATERAL (SELECT * FROM {s}.events e \
+                     WHERE e.stream_id = $1 AND e.stream_version >= $2 \
+                     ORDER BY e.stream_version LIMIT $3) e ON true \
+                 WHERE h.stream_id = $1 \
+                 ORDER BY e.stream_version"
             ),
             read_all: format!(
                 "SELECT {columns} FROM {s}.events e \
                  WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
                  ORDER BY e.position LIMIT $2"
+            ),
+            // A page for a subscription: at most $2 events, and only as
+            // many as fit in $3 bytes by their stored size (at least one).
+            read_page: format!(
+                "SELECT {columns} FROM (\
+                     SELECT e.*, sum(pg_column_size(e.payload) + pg_column_size(e.metadata)) \
+                                 OVER (ORDER BY e.position) AS running_bytes, \
+                            pg_column_size(e.payload) + pg_column_size(e.metadata) AS row_bytes \
+                     FROM {s}.events e \
+                     WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
+                     ORDER BY e.position LIMIT $2) e \
+                 WHERE e.running_bytes - e.row_bytes < $3 \
+                 ORDER BY e.position"
             ),
             readable_bound: format!("SELECT {s}.readable_bound()"),
             read_correlation: format!(
@@ -243,6 +267,7 @@ pub struct PgEventStoreBuilder {
     max_connections: u32,
     poll_interval: Duration,
     subscription_page: usize,
+    subscription_page_bytes: usize,
     read_your_writes_timeout: Duration,
     inline: Vec<Arc<dyn projection::InlineProjection>>,
     group_committers: usize,
@@ -276,6 +301,7 @@ impl Default for PgEventStoreBuilder {
             max_connections: 10,
             poll_interval: Duration::from_millis(500),
             subscription_page: 512,
+            subscription_page_bytes: 8 * 1024 * 1024,
             read_your_writes_timeout: Duration::from_secs(5),
             inline: Vec::new(),
             group_committers: 0,
@@ -310,6 +336,17 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Bytes of payloads and metadata a subscription reads and holds at a
+    /// time (default 8 MiB): a page ends at this size or at
+    /// [`PgEventStoreBuilder::subscription_page`] events, whichever comes
+    /// first, and holds at least one event. With payloads of at most
+    /// [`es_core::MAX_PAYLOAD_BYTES`], a subscriber holds at most this
+    /// budget plus one event.
+    pub fn subscription_page_bytes(mut self, bytes: usize) -> Self {
+        self.subscription_page_bytes = bytes.max(1);
+        self
+    }
+
     /// How long `read_all` waits for this handle's own appends to become
     /// readable (default 5 s) before it returns what is readable. It waits
     /// once per append: a later read does not wait again for the same
@@ -338,6 +375,14 @@ impl PgEventStoreBuilder {
     /// committer round, each stream's expected version still checked on its
     /// own, so a conflict fails only that append. Worth it with many
     /// concurrent writers; 0 (the default) sends each append on its own.
+    ///
+    /// Each append is checked before it joins a batch, so a bad one fails
+    /// alone with the error the direct path gives; appends of more than
+    /// 4 MiB of payloads go on their own. A batch the server refuses as a
+    /// whole is sent again append by append, and an append whose outcome
+    /// cannot be read from the batch's rows is sent again alone (a stored
+    /// one then returns its events as stored): no caller is told that
+    /// events failed when they committed.
     pub fn group_commit(mut self, committers: usize) -> Self {
         self.group_committers = committers;
         self
@@ -397,6 +442,7 @@ impl PgEventStoreBuilder {
             options: Options {
                 poll_interval: self.poll_interval,
                 subscription_page: self.subscription_page,
+                subscription_page_bytes: self.subscription_page_bytes,
                 read_your_writes_timeout: self.read_your_writes_timeout,
             },
             last_appended: AtomicU64::new(0),
@@ -691,12 +737,19 @@ impl PgEventStore {
             self.note_appended(&recorded);
             return Ok(recorded);
         }
-        if let (Some(queue), None) = (&self.inner.group, command) {
+        let grouped =
+            events.iter().map(|e| e.payload.len()).sum::<usize>() <= group::MAX_GROUPED_BYTES;
+        if let (Some(queue), None, true) = (&self.inner.group, command, grouped) {
+            // Described here, so a bad append fails alone, before it joins
+            // a batch, with the error the direct path gives.
+            let (described, bytes) = group::describe(stream_id, expected, &events)?;
             let (reply, answer) = tokio::sync::oneshot::channel();
             let pending = group::Pending {
                 stream_id: stream_id.clone(),
                 expected,
                 events,
+                described,
+                bytes,
                 reply,
             };
             queue
@@ -800,6 +853,43 @@ impl PgEventStore {
         Ok((events, None))
     }
 
+    /// [`PgEventStore::read_log_until_bad`] for subscriptions: at most
+    /// `limit` events and about `max_bytes` of payloads and metadata (at
+    /// least one event), so a page of large events stays small. The server
+    /// sends about that many (by stored size); the client stops reading at
+    /// the budget.
+    pub(crate) async fn read_page_until_bad(
+        &self,
+        from_position: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<es_core::UnreadableEvent>), StoreError> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query(&self.inner.queries.read_page)
+            .bind(to_i64(from_position))
+            .bind(to_i64(limit as u64))
+            .bind(to_i64(max_bytes as u64))
+            .fetch(&self.inner.pool);
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await.map_err(unavailable_or_backend)? {
+            match recorded_from_row(&row) {
+                Ok(event) => {
+                    bytes += event.data.len()
+                        + row
+                            .try_get_raw(7)
+                            .map_or(0, |v| v.as_bytes().map_or(0, <[u8]>::len));
+                    events.push(event);
+                    if bytes >= max_bytes {
+                        break;
+                    }
+                }
+                Err(error) => return Ok((events, Some(unreadable_from_row(&row, error)?))),
+            }
+        }
+        Ok((events, None))
+    }
+
     /// Waits until this handle's own appends are readable (bounded). Asks
     /// the server only while an own append has not yet been seen readable,
     /// and then with back-off (2 ms, doubling to 100 ms): a transaction
@@ -865,6 +955,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        es_core::limits::check_command(stream_id, command, None)?;
         self.append_pooled(stream_id, expected, events, Some(command))
             .await
     }
@@ -875,6 +966,7 @@ impl EventStore for PgEventStore {
         stream_id: &StreamId,
         error: &str,
     ) -> Result<(), StoreError> {
+        es_core::limits::check_command(stream_id, command, Some(error))?;
         journal::record_rejected(self, command, stream_id, error).await
     }
 
@@ -886,6 +978,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        check_stream_id(stream_id)?;
         journal::of_stream(self, stream_id).await
     }
 
@@ -907,6 +1000,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        check_stream_id(stream_id)?;
         let mut conn = self
             .inner
             .pool
@@ -917,6 +1011,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        check_stream_id(stream_id)?;
         journal::erase(self, stream_id).await
     }
 
@@ -945,6 +1040,7 @@ impl EventStore for PgEventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        check_stream_id(stream_id)?;
         let rows = sqlx::query(&self.inner.queries.read_stream)
             .bind(stream_id.as_str())
             .bind(to_i64(from_version))
@@ -952,7 +1048,30 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(unavailable_or_backend)?;
-        rows.iter().map(recorded_from_row).collect()
+        // Every row carries the stream's version; with no event read, one
+        // row carries only that (no row: no stream).
+        let head: Option<i64> = match rows.first() {
+            Some(row) => row.try_get(9).map_err(unavailable_or_backend)?,
+            None => None,
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<Option<i64>, _>(0)
+                .map_err(unavailable_or_backend)?
+                .is_some()
+            {
+                events.push(recorded_from_row(row)?);
+            }
+        }
+        es_core::limits::check_versions(
+            stream_id,
+            from_version,
+            limit,
+            &events,
+            head.map(|v| v as u64),
+        )?;
+        Ok(events)
     }
 
     async fn read_all(
@@ -965,6 +1084,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        check_stream_id(stream_id)?;
         let version: Option<i64> = sqlx::query_scalar(&self.inner.queries.stream_version)
             .bind(stream_id.as_str())
             .fetch_optional(&self.inner.pool)
@@ -991,6 +1111,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        check_stream_id(stream_id)?;
         let row = sqlx::query(&self.inner.queries.load_snapshot)
             .bind(stream_id.as_str())
             .fetch_optional(&self.inner.pool)
@@ -1018,6 +1139,7 @@ impl EventStore for PgEventStore {
         stream_id: &StreamId,
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
+        es_core::limits::check_snapshot(stream_id, &snapshot)?;
         sqlx::query(&self.inner.queries.save_snapshot)
             .bind(stream_id.as_str())
             .bind(to_i64(snapshot.version))
@@ -1058,12 +1180,7 @@ impl<'a> AppendArgs<'a> {
         expected: ExpectedVersion,
         events: &'a [NewEvent],
     ) -> Result<Self, StoreError> {
-        let (kind, version) = match expected {
-            ExpectedVersion::Any => (0, 0),
-            ExpectedVersion::NoStream => (1, 0),
-            ExpectedVersion::StreamExists => (2, 0),
-            ExpectedVersion::Exact(v) => (3, to_i64(v)),
-        };
+        let (kind, version) = expected_arg(expected);
         let invalid = |reason: String| StoreError::InvalidAppend {
             stream_id: stream_id.clone(),
             reason,
@@ -1141,38 +1258,30 @@ impl<'a> AppendArgs<'a> {
 }
 
 /// The longest stream id the store takes, in bytes (its btree indexes
-/// hold at most about 2,700 bytes per entry).
-pub const MAX_STREAM_ID_BYTES: usize = 2048;
+/// hold at most about 2,700 bytes per entry). Every store takes the same:
+/// see [`es_core::limits`].
+pub use es_core::MAX_STREAM_ID_BYTES;
 
-fn check_stream_id(stream_id: &StreamId) -> Result<(), StoreError> {
-    let invalid = |reason: String| StoreError::InvalidAppend {
-        stream_id: stream_id.clone(),
-        reason,
-    };
-    let len = stream_id.as_str().len();
-    if len > MAX_STREAM_ID_BYTES {
-        return Err(invalid(format!(
-            "a stream id may have at most {MAX_STREAM_ID_BYTES} bytes in PostgreSQL; this one has {len}"
-        )));
-    }
-    if stream_id.as_str().contains('\0') {
-        return Err(invalid(
-            "PostgreSQL cannot store a NUL character in a stream id".into(),
-        ));
-    }
-    Ok(())
-}
+use es_core::check_stream_id;
 
 fn check_batch(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
-    check_stream_id(stream_id)?;
     es_core::check_events(stream_id, events)
 }
 
 fn check_atomic(appends: &[StreamAppend]) -> Result<(), StoreError> {
-    for write in appends {
-        check_stream_id(&write.stream_id)?;
-    }
     es_core::check_appends(appends)
+}
+
+/// The expected version as `append_events()` reads it: a version above
+/// `i64::MAX` can never match, so it becomes -1 (which never matches
+/// either) rather than a number out of range.
+pub(crate) fn expected_arg(expected: ExpectedVersion) -> (i16, i64) {
+    match expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(-1)),
+    }
 }
 
 /// The recorded events, and whether the append was a retry of a stored one.
@@ -1331,13 +1440,24 @@ pub(crate) fn append_refusal(
             stream_id: stream_id.clone(),
             reason: message.to_owned(),
         },
-        // NUL characters, or a stream id too long for an index entry.
-        "22021" | "22P05" | "54000" => StoreError::InvalidAppend {
+        // The checks of `es_core::limits` refuse these before they reach
+        // the server; a refusal that still arrives says what it is.
+        "22003" => StoreError::VersionOverflow {
             stream_id: stream_id.clone(),
-            reason: format!(
-                "PostgreSQL cannot store this append (NUL characters are not allowed, \
-                 and stream ids are limited to about 2,700 bytes): {message}"
-            ),
+            version: 0,
+            events: 0,
+        },
+        "22021" | "22P05" => StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!("PostgreSQL cannot store a character of this append: {message}"),
+        },
+        "22P02" => StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!("a payload or the metadata is not valid JSON: {message}"),
+        },
+        "54000" => StoreError::InvalidAppend {
+            stream_id: stream_id.clone(),
+            reason: format!("a value of this append is larger than PostgreSQL takes: {message}"),
         },
         _ => return None,
     })
@@ -1383,19 +1503,40 @@ pub(crate) fn unavailable_or_backend(error: sqlx::Error) -> StoreError {
     }
 }
 
-/// Connection trouble, a shutdown, a terminated backend, a serialization
-/// failure or a deadlock: trying again may succeed.
+/// Connection trouble (an I/O error, no connection free in time), a
+/// server shutting down or a terminated backend, a serialization failure
+/// or a deadlock: trying again may succeed. A closed pool, a protocol
+/// error, a TLS failure, a dropped database or a refused value are not:
+/// retrying them fails the same way, forever.
 pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "57P05")
+                || code == "40001"
+                || code == "40P01"
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_trouble_is_transient() {
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
+        assert!(is_transient(&io));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::PoolClosed));
+        assert!(!is_transient(&sqlx::Error::Protocol("garbled".into())));
+        assert!(!is_transient(&sqlx::Error::WorkerCrashed));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!unavailable_or_backend(sqlx::Error::PoolClosed).is_transient());
     }
 }

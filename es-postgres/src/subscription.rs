@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use es_core::{EventStream, LogItem, LogStream, RecordedEvent, StoreError, UnreadableEvent};
 use futures::{FutureExt, StreamExt};
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
 use crate::PgEventStore;
@@ -32,6 +32,9 @@ struct Subscription {
     /// Reads since a wake-up that found nothing readable (0: not waiting
     /// for a stalled transaction).
     stalled: u32,
+    /// Events to ask for in the next page: fewer after a page that
+    /// reached its byte budget, so the server sends few rows past it.
+    limit: usize,
 }
 
 pub(crate) fn subscribe(store: PgEventStore, from_position: u64) -> EventStream {
@@ -62,6 +65,7 @@ fn follow(store: PgEventStore, from_position: u64, past_unreadable: bool) -> Log
         failed: None,
         past_unreadable,
         stalled: 0,
+        limit: usize::MAX,
     };
     // The state is `None` after an error that retrying cannot fix: the
     // stream yields that error, then ends.
@@ -82,7 +86,19 @@ fn follow(store: PgEventStore, from_position: u64, past_unreadable: bool) -> Log
             // arrives after the read ends the wait below.
             sub.wake.borrow_and_update();
             let page = sub.store.inner.options.subscription_page;
-            match sub.store.read_log_until_bad(sub.next, page).await {
+            let bytes = sub.store.inner.options.subscription_page_bytes;
+            let limit = sub.limit.min(page);
+            let read = sub.store.read_page_until_bad(sub.next, limit, bytes).await;
+            if let Ok((events, _)) = &read {
+                // Large events: ask for about twice what fit this time.
+                let size: usize = events.iter().map(|e| e.data.len()).sum();
+                sub.limit = if size >= bytes {
+                    (events.len() * 2).max(1)
+                } else {
+                    limit.saturating_mul(2)
+                };
+            }
+            match read {
                 Ok((events, Some(bad))) => {
                     // Deliver what precedes the unreadable row, then its error.
                     sub.buffer.extend(events);
@@ -151,7 +167,16 @@ fn ensure_listener(store: &PgEventStore) {
 
 /// LISTENs and counts notifications until the store handle is gone.
 /// Reconnects with back-off; the subscriptions' polling covers the gaps.
+///
+/// The listener holds its connection for as long as it runs, so it takes
+/// one of its own, outside the store's pool: with a pool of one
+/// connection it would otherwise starve every append and read.
 async fn listen(pool: PgPool, channel: String, wakeups: Arc<watch::Sender<u64>>) {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    drop(pool);
+    let pool = own;
     let mut failures = 0;
     // The store holds the other reference: when it is dropped, stop.
     while Arc::strong_count(&wakeups) > 1 {

@@ -418,14 +418,14 @@ async fn a_stream_id_beyond_the_documented_limit_is_a_typed_error() {
         )
         .await;
     match refused {
-        Err(StoreError::InvalidAppend { stream_id, reason }) => {
+        Err(StoreError::InvalidStreamId { stream_id, reason }) => {
             assert_eq!(stream_id.as_str(), beyond);
             assert_eq!(
                 reason,
-                "a stream id may have at most 2048 bytes in PostgreSQL; this one has 2049"
+                "a stream id may have at most 2048 bytes; this one has 2049"
             );
         }
-        other => panic!("expected InvalidAppend, got {other:?}"),
+        other => panic!("expected InvalidStreamId, got {other:?}"),
     }
     let with_nul = store
         .append(
@@ -435,7 +435,7 @@ async fn a_stream_id_beyond_the_documented_limit_is_a_typed_error() {
         )
         .await;
     assert!(
-        matches!(with_nul, Err(StoreError::InvalidAppend { .. })),
+        matches!(with_nul, Err(StoreError::InvalidStreamId { .. })),
         "got {with_nul:?}"
     );
 }

@@ -74,6 +74,9 @@ macro_rules! conformance_suite {
             a_closed_stream_takes_no_more_events,
             erasing_a_stream_keeps_the_log_shape,
             erasing_a_stream_erases_its_journal,
+            bad_stream_ids_are_refused_by_every_operation,
+            events_a_store_cannot_hold_are_refused_and_write_nothing,
+            oversized_payloads_and_appends_are_refused_by_size,
         );
     };
     (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
@@ -1556,6 +1559,305 @@ pub async fn erasing_a_stream_erases_its_journal<S: EventStore>(store: S) {
     assert_eq!(
         untouched[0].command.metadata.get("email"),
         Some(&serde_json::json!("ada@example.com"))
+    );
+}
+
+#[track_caller]
+fn assert_invalid_stream_id<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    stream: &StreamId,
+    operation: &str,
+) {
+    match result {
+        Err(StoreError::InvalidStreamId { stream_id, reason }) => {
+            assert_eq!(&stream_id, stream, "{operation}: the error names the id");
+            assert!(!reason.is_empty(), "{operation}: the error says why");
+        }
+        other => panic!("{operation} on {stream:?}: expected InvalidStreamId, got {other:?}"),
+    }
+}
+
+/// A stream id no store can hold (empty, with a NUL character, longer than
+/// [`crate::MAX_STREAM_ID_BYTES`]) is refused with `InvalidStreamId` by
+/// every operation that names a stream, and nothing is written; an id of
+/// exactly the limit works everywhere.
+pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store: S) {
+    let too_long = "x".repeat(crate::MAX_STREAM_ID_BYTES + 1);
+    for bad in ["", "nul\0inside", "\0", too_long.as_str()] {
+        let stream = StreamId::from(bad);
+        assert_invalid_stream_id(
+            store
+                .append(&stream, ExpectedVersion::Any, events(0..1))
+                .await,
+            &stream,
+            "append",
+        );
+        assert_invalid_stream_id(
+            store
+                .append_atomic(vec![
+                    StreamAppend::new("fine", ExpectedVersion::Any, events(0..1)),
+                    StreamAppend::new(stream.clone(), ExpectedVersion::Any, events(1..2)),
+                ])
+                .await,
+            &stream,
+            "append_atomic",
+        );
+        assert_invalid_stream_id(
+            store
+                .append_for_command(
+                    &command(Uuid::now_v7(), None),
+                    &stream,
+                    ExpectedVersion::Any,
+                    events(0..1),
+                )
+                .await,
+            &stream,
+            "append_for_command",
+        );
+        assert_invalid_stream_id(
+            store.read_stream(&stream, 1, 10).await,
+            &stream,
+            "read_stream",
+        );
+        assert_invalid_stream_id(
+            store.stream_version(&stream).await,
+            &stream,
+            "stream_version",
+        );
+        assert_invalid_stream_id(store.close_stream(&stream).await, &stream, "close_stream");
+        assert_invalid_stream_id(store.erase_stream(&stream).await, &stream, "erase_stream");
+        let snapshot = Snapshot {
+            version: 1,
+            schema_version: 1,
+            state: Payload::from_value(&serde_json::json!({})),
+            taken_at: chrono::Utc::now(),
+        };
+        assert_invalid_stream_id(
+            store.save_snapshot(&stream, snapshot).await,
+            &stream,
+            "save_snapshot",
+        );
+        assert_invalid_stream_id(store.load_snapshot(&stream).await, &stream, "load_snapshot");
+    }
+    assert!(
+        read_whole_log(&store).await.is_empty(),
+        "nothing was written"
+    );
+
+    let at_limit = StreamId::from("y".repeat(crate::MAX_STREAM_ID_BYTES));
+    store
+        .append(&at_limit, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .expect("an id of exactly the limit is stored");
+    assert_eq!(
+        versions(&read_whole_stream(&store, &at_limit).await),
+        [1, 2]
+    );
+    assert_eq!(store.stream_version(&at_limit).await.unwrap(), 2);
+}
+
+#[track_caller]
+fn assert_invalid_append(result: Result<Vec<RecordedEvent>, StoreError>, what: &str, needle: &str) {
+    match result {
+        Err(StoreError::InvalidAppend { stream_id, reason }) => {
+            assert_eq!(stream_id.as_str(), "hostile", "{what}");
+            assert!(
+                reason.contains(needle),
+                "{what}: {reason:?} should mention {needle:?}"
+            );
+        }
+        other => panic!("{what}: expected InvalidAppend, got {other:?}"),
+    }
+}
+
+/// An event no store can hold (an empty, NUL or over-long type name, a
+/// NUL character in the payload or metadata, a schema version above
+/// `i32::MAX`) is refused with `InvalidAppend` saying what is wrong, and
+/// nothing of its append is written; text that only looks like a NUL
+/// escape is stored as it is.
+pub async fn events_a_store_cannot_hold_are_refused_and_write_nothing<S: EventStore>(store: S) {
+    let stream = StreamId::from("hostile");
+    let typed = |event_type: String| {
+        NewEvent::raw(
+            event_type,
+            1,
+            Payload::from_value(&serde_json::json!({})),
+            Metadata::new(),
+        )
+    };
+    let with_payload = |json: &str| {
+        NewEvent::raw(
+            "Tested",
+            1,
+            Payload::from_json(json).expect("valid JSON"),
+            Metadata::new(),
+        )
+    };
+    let cases: Vec<(&str, NewEvent, &str)> = vec![
+        ("empty type", typed(String::new()), "event type is empty"),
+        ("NUL in type", typed("Bad\0Type".into()), "NUL"),
+        (
+            "long type",
+            typed("T".repeat(crate::MAX_EVENT_TYPE_BYTES + 1)),
+            "event type has",
+        ),
+        (
+            "escaped NUL in payload",
+            with_payload(r#"{"text":"a\u0000b"}"#),
+            "payload contains a NUL",
+        ),
+        (
+            "NUL in metadata",
+            NewEvent::raw(
+                "Tested",
+                1,
+                Payload::from_value(&serde_json::json!({})),
+                Metadata::new().with("note", "a\0b"),
+            ),
+            "metadata contains a NUL",
+        ),
+        (
+            "schema version",
+            NewEvent::raw(
+                "Tested",
+                i32::MAX as u32 + 1,
+                Payload::from_value(&serde_json::json!({})),
+                Metadata::new(),
+            ),
+            "schema version",
+        ),
+    ];
+    for (what, bad, needle) in cases {
+        let mut append = events(0..2);
+        append.insert(1, bad);
+        assert_invalid_append(
+            store
+                .append(&stream, ExpectedVersion::Any, append.clone())
+                .await,
+            what,
+            needle,
+        );
+        let atomic = store
+            .append_atomic(vec![
+                StreamAppend::new("innocent", ExpectedVersion::Any, events(10..11)),
+                StreamAppend::new(stream.clone(), ExpectedVersion::Any, append),
+            ])
+            .await
+            .map(|mut all| all.pop().unwrap_or_default());
+        assert_invalid_append(atomic, what, needle);
+    }
+    assert!(
+        read_whole_log(&store).await.is_empty(),
+        "nothing of a refused append is written"
+    );
+
+    // A backslash followed by `u0000` is text, not a NUL character.
+    let literal = with_payload(r#"{"text":"a\\u0000b"}"#);
+    let written = store
+        .append(&stream, ExpectedVersion::NoStream, vec![literal])
+        .await
+        .expect("an escaped backslash is not a NUL");
+    let read = read_whole_stream(&store, &stream).await;
+    assert_eq!(ids(&read), ids(&written));
+    assert_eq!(read[0].data.to_value()["text"], "a\\u0000b");
+}
+
+/// A payload above [`crate::MAX_PAYLOAD_BYTES`] is `PayloadTooLarge`, an
+/// append above [`crate::MAX_APPEND_BYTES`] is `AppendTooLarge`, a snapshot
+/// above [`crate::MAX_SNAPSHOT_BYTES`] is `PayloadTooLarge`, each naming
+/// the size and the limit; nothing is written.
+pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(store: S) {
+    let stream = StreamId::from("big");
+    // A JSON string of `len` bytes in all.
+    let blob = |len: usize| Payload::from_json(format!("\"{}\"", "x".repeat(len - 2))).unwrap();
+    let big = blob(crate::MAX_PAYLOAD_BYTES + 1);
+    let refused = store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Tested", 1, big, Metadata::new())],
+        )
+        .await;
+    match refused {
+        Err(StoreError::PayloadTooLarge {
+            stream_id,
+            size,
+            limit,
+        }) => {
+            assert_eq!(stream_id, stream);
+            assert_eq!(
+                (size, limit),
+                (crate::MAX_PAYLOAD_BYTES + 1, crate::MAX_PAYLOAD_BYTES)
+            );
+        }
+        other => panic!(
+            "expected PayloadTooLarge, got {:?}",
+            other.map(|written| written.len())
+        ),
+    }
+
+    // Payloads share their text, so this append costs little memory here.
+    let part = blob(crate::MAX_PAYLOAD_BYTES);
+    let count = crate::MAX_APPEND_BYTES / crate::MAX_PAYLOAD_BYTES + 1;
+    let parts: Vec<NewEvent> = (0..count)
+        .map(|_| NewEvent::raw("Tested", 1, part.clone(), Metadata::new()))
+        .collect();
+    let refused = store
+        .append(&stream, ExpectedVersion::Any, parts.clone())
+        .await;
+    match refused {
+        Err(StoreError::AppendTooLarge {
+            stream_id,
+            size,
+            limit,
+        }) => {
+            assert_eq!(stream_id, stream);
+            assert!(size > limit, "{size} > {limit}");
+            assert_eq!(limit, crate::MAX_APPEND_BYTES);
+        }
+        other => panic!(
+            "expected AppendTooLarge, got {:?}",
+            other.map(|written| written.len())
+        ),
+    }
+    let refused = store
+        .append_atomic(vec![StreamAppend::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            parts,
+        )])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::AppendTooLarge { .. })),
+        "{:?}",
+        refused.map(|written| written.len())
+    );
+
+    let snapshot = Snapshot {
+        version: 1,
+        schema_version: 1,
+        state: blob(crate::MAX_SNAPSHOT_BYTES + 1),
+        taken_at: chrono::Utc::now(),
+    };
+    let refused = store.save_snapshot(&stream, snapshot).await;
+    assert!(
+        matches!(refused, Err(StoreError::PayloadTooLarge { size, .. }) if size == crate::MAX_SNAPSHOT_BYTES + 1),
+        "{refused:?}"
+    );
+    assert!(store.load_snapshot(&stream).await.unwrap().is_none());
+    assert!(
+        read_whole_log(&store).await.is_empty(),
+        "nothing was written"
+    );
+    let message = StoreError::PayloadTooLarge {
+        stream_id: stream.clone(),
+        size: 300_000_000,
+        limit: crate::MAX_PAYLOAD_BYTES,
+    }
+    .to_string();
+    assert!(
+        !message.contains("NUL") && message.contains("300000000"),
+        "{message}"
     );
 }
 
