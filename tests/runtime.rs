@@ -267,7 +267,7 @@ async fn a_store_that_stays_down_is_reported_and_nothing_is_written() {
     }
     let error = repo.execute(add("c1", 3)).await.unwrap_err();
     assert!(
-        matches!(error, CommandError::Store(StoreError::Unavailable(_))),
+        matches!(error, CommandError::Store(StoreError::Unavailable { .. })),
         "{error:?}"
     );
     assert_eq!(store.appends_seen(), 3);
@@ -282,7 +282,7 @@ async fn a_failed_read_is_reported_and_nothing_is_written() {
     let error = repo.execute(add("c1", 3)).await.unwrap_err();
     assert!(matches!(
         error,
-        CommandError::Store(StoreError::Unavailable(_))
+        CommandError::Store(StoreError::Unavailable { .. })
     ));
     assert_eq!(store.inner().event_count(), 0);
     repo.execute(add("c1", 3))

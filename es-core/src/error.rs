@@ -98,8 +98,15 @@ pub enum StoreError {
 
     /// The store could not be reached or the reply was lost. The operation
     /// may or may not have taken effect: retry it with the same event ids.
-    #[error("event store unavailable: {0}")]
-    Unavailable(String),
+    #[error("event store unavailable: {reason}")]
+    Unavailable {
+        /// What happened, in words.
+        reason: String,
+        /// The underlying error (a driver's I/O error, say), when there
+        /// is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 
     /// Any other failure of the store's backend.
     #[error("event store failure: {0}")]
@@ -167,7 +174,23 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same operation (same event ids) may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// An [`StoreError::Unavailable`] with a reason and no underlying error.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// An [`StoreError::Unavailable`] caused by `error`, kept as its source.
+    pub fn unavailable_from(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable {
+            reason: error.to_string(),
+            source: Some(Box::new(error)),
+        }
     }
 
     /// Whether this is an optimistic-concurrency conflict.

@@ -137,7 +137,7 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
                 for pending in batch {
                     let _ = pending
                         .reply
-                        .send(Err(StoreError::Unavailable(message.clone())));
+                        .send(Err(StoreError::unavailable(message.clone())));
                 }
             } else {
                 // The statement as a whole was refused, so no retry of the

@@ -755,9 +755,9 @@ impl PgEventStore {
             queue
                 .send(pending)
                 .await
-                .map_err(|_| StoreError::Unavailable("the group-commit queue is closed".into()))?;
+                .map_err(|_| StoreError::unavailable("the group-commit queue is closed"))?;
             let recorded = answer.await.map_err(|_| {
-                StoreError::Unavailable("the group committer stopped before answering".into())
+                StoreError::unavailable("the group committer stopped before answering")
             })??;
             self.note_appended(&recorded);
             return Ok(recorded);
@@ -1405,32 +1405,33 @@ pub(crate) fn append_refusal(
     expected: ExpectedVersion,
     command: Option<&CommandRecord>,
 ) -> Option<StoreError> {
-    let json = || serde_json::from_str::<serde_json::Value>(detail).unwrap_or_default();
+    // A refusal whose detail does not parse is no refusal we know: `None`,
+    // so the caller keeps the database's own error (with its text) rather
+    // than a typed error with invented ids or versions.
+    let json = || serde_json::from_str::<serde_json::Value>(detail).ok();
+    let stream = |d: &serde_json::Value| d["stream_id"].as_str().map(StreamId::from);
     Some(match code {
         "ESWEV" => StoreError::WrongExpectedVersion {
             stream_id: stream_id.clone(),
             expected,
-            actual: detail.parse().unwrap_or(0),
+            actual: detail.parse().ok()?,
         },
         "ESDUP" => {
-            let d = json();
+            let d = json()?;
             StoreError::DuplicateEventId {
-                event_id: d["event_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_default(),
-                stored_in: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
-                stored_version: d["stream_version"].as_u64().unwrap_or_default(),
-                reason: d["reason"].as_str().unwrap_or_default().to_owned(),
+                event_id: d["event_id"].as_str()?.parse().ok()?,
+                stored_in: stream(&d)?,
+                stored_version: d["stream_version"].as_u64()?,
+                reason: d["reason"].as_str()?.to_owned(),
             }
         }
         "ESCMD" => {
-            let d = json();
+            let d = json()?;
             StoreError::CommandAlreadyExecuted {
-                command_id: command.map(|c| c.command_id).unwrap_or_default(),
-                stream_id: StreamId::from(d["stream_id"].as_str().unwrap_or_default()),
-                first_version: d["first_version"].as_u64().unwrap_or_default(),
-                last_version: d["last_version"].as_u64().unwrap_or_default(),
+                command_id: command?.command_id,
+                stream_id: stream(&d)?,
+                first_version: d["first_version"].as_u64()?,
+                last_version: d["last_version"].as_u64()?,
             }
         }
         "ESCLS" => StoreError::StreamClosed {
@@ -1482,11 +1483,16 @@ fn append_error(
             }
         }
         if is_unique_violation(&error, "events_event_id_key") {
-            return StoreError::DuplicateEventId {
-                event_id: uuid::Uuid::nil(),
-                stored_in: stream_id.clone(),
-                stored_version: 0,
-                reason: "an event id of this append was stored concurrently".into(),
+            // Another append stored one of these ids while this one ran,
+            // more than once in a row: sending the same append again tells
+            // a retry (the first result) from a reuse (`DuplicateEventId`
+            // naming the stored event).
+            return StoreError::Unavailable {
+                reason: format!(
+                    "an event id of this append to `{stream_id}` was stored concurrently; \
+                     send the same append again"
+                ),
+                source: Some(Box::new(error)),
             };
         }
     }
@@ -1497,7 +1503,7 @@ fn append_error(
 /// `Backend`.
 pub(crate) fn unavailable_or_backend(error: sqlx::Error) -> StoreError {
     if is_transient(&error) {
-        StoreError::Unavailable(error.to_string())
+        StoreError::unavailable_from(error)
     } else {
         StoreError::Backend(Box::new(error))
     }
@@ -1524,6 +1530,63 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_keeps_the_drivers_error_as_its_source() {
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by peer",
+        ));
+        let error = unavailable_or_backend(io);
+        assert!(error.is_transient());
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(matches!(
+            source.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset
+        ));
+    }
+
+    #[test]
+    fn a_refusal_whose_detail_does_not_parse_invents_nothing() {
+        let stream = StreamId::from("s-1");
+        let refused = |code: &str, detail: &str| {
+            append_refusal(
+                code,
+                detail,
+                "refused",
+                &stream,
+                ExpectedVersion::Exact(3),
+                None,
+            )
+        };
+        assert!(refused("ESWEV", "not a number").is_none());
+        assert!(refused("ESDUP", "{}").is_none());
+        assert!(refused(
+            "ESDUP",
+            r#"{"event_id": "nil", "stream_id": "s", "stream_version": 1, "reason": "r"}"#
+        )
+        .is_none());
+        assert!(
+            refused(
+                "ESCMD",
+                r#"{"stream_id": "s", "first_version": 1, "last_version": 2}"#
+            )
+            .is_none(),
+            "no command given"
+        );
+        assert!(matches!(
+            refused("ESWEV", "7"),
+            Some(StoreError::WrongExpectedVersion { actual: 7, .. })
+        ));
+        let id = uuid::Uuid::now_v7();
+        let detail = format!(
+            r#"{{"event_id": "{id}", "stream_id": "s-9", "stream_version": 4, "reason": "other content"}}"#
+        );
+        assert!(matches!(
+            refused("ESDUP", &detail),
+            Some(StoreError::DuplicateEventId { event_id, stored_version: 4, .. }) if event_id == id
+        ));
+    }
 
     #[test]
     fn only_connection_trouble_is_transient() {

@@ -588,8 +588,7 @@ where
                 // counting it against the event.
                 if let Some(db) = error.downcast_ref::<sqlx::Error>() {
                     if is_transient(db) {
-                        let reason = db.to_string();
-                        return Err(BatchError::Store(StoreError::Unavailable(reason)));
+                        return Err(BatchError::Store(StoreError::unavailable(db.to_string())));
                     }
                 }
                 return Err(BatchError::Handler { index, error });

@@ -308,7 +308,9 @@ async fn a_stream_s_versions_increase_along_the_global_log_when_a_caller_transac
         )
         .await;
     match &refused {
-        Err(StoreError::Unavailable(message)) => assert!(
+        Err(StoreError::Unavailable {
+            reason: message, ..
+        }) => assert!(
             message.contains("was appended to by a younger transaction; retry the transaction"),
             "{message}"
         ),

@@ -151,7 +151,7 @@ async fn run(url: String) -> Observed {
                         .await
                     {
                         Ok(recorded) => break recorded,
-                        Err(StoreError::Unavailable(_)) if resends < 10_000 => {
+                        Err(StoreError::Unavailable { .. }) if resends < 10_000 => {
                             resends += 1;
                             tokio::time::sleep(pause).await;
                             pause = (pause * 2).min(Duration::from_millis(500));

@@ -139,16 +139,14 @@ impl<S> FaultyStore<S> {
         if faults.fail_reads > 0 {
             faults.fail_reads -= 1;
             faults.faults_injected += 1;
-            return Err(StoreError::Unavailable(
-                "injected fault: read failed".into(),
-            ));
+            return Err(StoreError::unavailable("injected fault: read failed"));
         }
         Ok(())
     }
 }
 
 fn lost_reply() -> StoreError {
-    StoreError::Unavailable("injected fault: the append succeeded but its reply was lost".into())
+    StoreError::unavailable("injected fault: the append succeeded but its reply was lost")
 }
 
 enum AppendFault {
@@ -165,8 +163,8 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self.take_append_fault() {
-            AppendFault::FailBefore => Err(StoreError::Unavailable(
-                "injected fault: append failed before reaching the store".into(),
+            AppendFault::FailBefore => Err(StoreError::unavailable(
+                "injected fault: append failed before reaching the store",
             )),
             AppendFault::LoseReply => {
                 self.inner.append(stream_id, expected, events).await?;
@@ -181,8 +179,8 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         match self.take_append_fault() {
-            AppendFault::FailBefore => Err(StoreError::Unavailable(
-                "injected fault: append failed before reaching the store".into(),
+            AppendFault::FailBefore => Err(StoreError::unavailable(
+                "injected fault: append failed before reaching the store",
             )),
             AppendFault::LoseReply => {
                 self.inner.append_atomic(appends).await?;
