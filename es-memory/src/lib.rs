@@ -266,9 +266,15 @@ impl MemoryStore {
         }
         let head = log.events.len() as u64;
         drop(log);
+        // Another append may have published a higher head since the lock
+        // was released: the head only moves forward, or a subscriber
+        // waiting for that append's events would sleep until the next one
+        // (found by es-core/tests/model_check.rs).
         self.inner.head.send_if_modified(|h| {
-            let moved = *h != head;
-            *h = head;
+            let moved = head > *h;
+            if moved {
+                *h = head;
+            }
             moved
         });
         Ok(results)

@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
             bad_stream_ids_are_refused_by_every_operation,
             events_a_store_cannot_hold_are_refused_and_write_nothing,
             oversized_payloads_and_appends_are_refused_by_size,
+            exactly_one_winner_per_expected_version,
         );
     };
     (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
@@ -1859,6 +1860,75 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
         !message.contains("NUL") && message.contains("300000000"),
         "{message}"
     );
+}
+
+/// Many tasks appending to one stream at the same `Exact` version: exactly
+/// one wins, and every other one is refused with a conflict that names the
+/// winner's last version; round after round.
+pub async fn exactly_one_winner_per_expected_version<S: EventStore>(store: S) {
+    const ROUNDS: u64 = 5;
+    let stream = StreamId::from("race-1");
+    let mut version = 0;
+    for round in 0..ROUNDS {
+        // A different batch size per task, so the winner is known by the
+        // versions it got, not only by being the one success.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONCURRENT_TASKS));
+        let mut tasks = Vec::new();
+        for task in 0..CONCURRENT_TASKS as u64 {
+            let store = store.clone();
+            let stream = stream.clone();
+            let barrier = std::sync::Arc::clone(&barrier);
+            let size = task % 3 + 1;
+            let batch = events(round * 100 + task * 10..round * 100 + task * 10 + size);
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let result = store
+                    .append(&stream, ExpectedVersion::Exact(version), batch.clone())
+                    .await;
+                (batch, result)
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut conflicts = Vec::new();
+        for task in tasks {
+            let (batch, result) = task.await.expect("writer task");
+            match result {
+                Ok(recorded) => winners.push((batch, recorded)),
+                Err(StoreError::WrongExpectedVersion {
+                    stream_id,
+                    expected,
+                    actual,
+                }) => {
+                    assert_eq!(stream_id, stream, "the conflict names the stream");
+                    assert_eq!(expected, ExpectedVersion::Exact(version));
+                    conflicts.push(actual);
+                }
+                Err(other) => panic!("round {round}: expected success or a conflict, got {other}"),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one append at version {version} wins"
+        );
+        assert_eq!(conflicts.len(), CONCURRENT_TASKS - 1);
+        let (batch, recorded) = winners.pop().expect("one winner");
+        let last = version + batch.len() as u64;
+        assert_eq!(ids(&recorded), new_ids(&batch));
+        assert_eq!(
+            versions(&recorded),
+            (version + 1..=last).collect::<Vec<_>>()
+        );
+        assert!(
+            conflicts.iter().all(|&actual| actual == last),
+            "round {round}: every conflict reports the winner's version {last}: {conflicts:?}"
+        );
+        let stored = read_whole_stream(&store, &stream).await;
+        assert_eq!(versions(&stored), (1..=last).collect::<Vec<_>>());
+        assert_eq!(ids(&stored[version as usize..]), new_ids(&batch));
+        version = last;
+    }
+    assert_eq!(read_whole_log(&store).await.len() as u64, version);
 }
 
 /// An event type for the decoding checks of the suite.
