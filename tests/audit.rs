@@ -170,7 +170,7 @@ async fn the_journal_shows_what_was_asked_and_what_it_caused<S: EventStore>(stor
         Some("teller-3")
     );
     assert_eq!(
-        journal[2].command.payload.as_ref().unwrap().to_value(),
+        journal[2].command.payload.as_ref().unwrap().to_value().unwrap(),
         serde_json::json!({ "Deposit": { "id": "j", "amount": 5 } })
     );
 }

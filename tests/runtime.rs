@@ -434,7 +434,7 @@ async fn a_load_starts_from_the_latest_snapshot() {
         .expect("a snapshot was taken");
     assert_eq!(snapshot.version, 20);
     assert_eq!(
-        snapshot.state.to_value(),
+        snapshot.state.to_value().unwrap(),
         serde_json::json!({ "total": 210 })
     );
     let loaded = repo.load("s").await.unwrap();

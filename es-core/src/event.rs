@@ -205,7 +205,8 @@ pub fn handled_event_types<E: Event>(variants: &[&'static str]) -> Vec<&'static 
 /// use es_core::Payload;
 ///
 /// let payload = Payload::from_json(r#"{"amount": 5}"#).unwrap();
-/// assert_eq!(payload.to_value()["amount"], 5);
+/// assert_eq!(payload.to_value().unwrap()["amount"], 5);
+/// assert!(Payload::from_json_unchecked("{oops").to_value().is_err());
 /// assert!(Payload::from_json("{not json").is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -239,9 +240,10 @@ impl Payload {
     }
 
     /// Parses the payload into a JSON tree (for tools and tests; decoding an
-    /// event never needs one).
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    /// event never needs one). Text that is not JSON (only possible through
+    /// [`Payload::from_json_unchecked`]) is an error, never `Null`.
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
     }
 
     /// Whether two payloads hold the same JSON value, whatever their

@@ -191,7 +191,7 @@ async fn a_snapshot_is_never_replaced_by_an_older_one() {
         .expect("a snapshot");
     assert_eq!(snapshot.version, 20);
     assert_eq!(
-        snapshot.state.to_value(),
+        snapshot.state.to_value().unwrap(),
         serde_json::json!({ "total": (1..=20).sum::<u64>(), "count": 20 })
     );
     assert_eq!(

@@ -166,6 +166,6 @@ pub async fn control_connection() -> es_postgres::sqlx::PgConnection {
 pub fn as_json(events: &[RecordedEvent]) -> Vec<RecordedEvent<serde_json::Value>> {
     events
         .iter()
-        .map(|e| e.with_data(e.data.to_value()))
+        .map(|e| e.with_data(e.data.to_value().unwrap()))
         .collect()
 }
