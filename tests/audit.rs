@@ -122,7 +122,8 @@ async fn a_command_sent_concurrently_executes_once<S: EventStore>(store: S) {
 }
 
 async fn the_journal_shows_what_was_asked_and_what_it_caused<S: EventStore>(store: S) {
-    let accounts = Repository::<Account, _>::new(store.clone()).with_journal(true);
+    let accounts =
+        Repository::<Account, _>::new(store.clone()).with_journal(Journal::AcceptedAndRejected);
     let context = CommandContext::new().with_actor("teller-3");
     accounts
         .execute_with(open("j"), context.clone())
@@ -170,7 +171,13 @@ async fn the_journal_shows_what_was_asked_and_what_it_caused<S: EventStore>(stor
         Some("teller-3")
     );
     assert_eq!(
-        journal[2].command.payload.as_ref().unwrap().to_value().unwrap(),
+        journal[2]
+            .command
+            .payload
+            .as_ref()
+            .unwrap()
+            .to_value()
+            .unwrap(),
         serde_json::json!({ "Deposit": { "id": "j", "amount": 5 } })
     );
 }

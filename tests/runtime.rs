@@ -423,7 +423,7 @@ impl Snapped {
 #[tokio::test]
 async fn a_load_starts_from_the_latest_snapshot() {
     let store = MemoryStore::new();
-    let repo = Repository::<Snapped, _>::new(store.clone()).with_snapshots(10, 1);
+    let repo = Repository::<Snapped, _>::new(store.clone()).with_snapshots(Snapshots::every(10));
     for n in 1..=25 {
         repo.execute(add("s", n)).await.unwrap();
     }
@@ -447,7 +447,7 @@ async fn a_load_starts_from_the_latest_snapshot() {
 #[tokio::test]
 async fn a_snapshot_that_does_not_decode_means_a_full_replay() {
     let store = MemoryStore::new();
-    let repo = Repository::<Snapped, _>::new(store.clone()).with_snapshots(10, 1);
+    let repo = Repository::<Snapped, _>::new(store.clone()).with_snapshots(Snapshots::every(10));
     for n in 1..=12 {
         repo.execute(add("s", n)).await.unwrap();
     }
@@ -465,7 +465,8 @@ async fn a_snapshot_that_does_not_decode_means_a_full_replay() {
         (78, 12, 12)
     );
     // A snapshot of an older state format is ignored the same way.
-    let other_format = Repository::<Snapped, _>::new(store.clone()).with_snapshots(10, 2);
+    let other_format =
+        Repository::<Snapped, _>::new(store.clone()).with_snapshots(Snapshots::every(10).format(2));
     assert_eq!(other_format.load("s").await.unwrap().replayed, 12);
 }
 

@@ -431,7 +431,7 @@ pub async fn f4(url: &str, events: usize) -> Result<Measurement, BoxError> {
          INSERT INTO es_bench_floor.checkpoint VALUES (0);",
         )
         .await?;
-    let batch_size = ProjectionOptions::default().batch_size;
+    let batch_size = ProjectionOptions::DEFAULT_BATCH_SIZE;
     let read = "SELECT position, stream_id, event_type, payload::text FROM es_bench_floor.events \
                 WHERE position > $1 ORDER BY position LIMIT 1000";
     let upsert = "INSERT INTO es_bench_floor.totals AS t (stream_id, total, events) \

@@ -218,8 +218,8 @@ pub async fn w4(
         version = to;
     }
     // The last event through a repository that snapshots at `events`.
-    let snapshotting =
-        Repository::<Account, _>::new(store.clone()).with_snapshots(events as u64, 1);
+    let snapshotting = Repository::<Account, _>::new(store.clone())
+        .with_snapshots(es::Snapshots::every(events as u64));
     let last = snapshotting.execute(deposit("w4", amount(events))).await?;
     if last.version != events as u64 {
         return Err(format!("W4: the stream is at {}, not {events}", last.version).into());
@@ -441,7 +441,7 @@ pub async fn w6(url: &str, events: usize) -> Result<Measurement, BoxError> {
     }
     store.pool().close().await;
     let mut m = Measurement::new("W6", "postgres", events as u64, seconds)
-        .with("batch_size", ProjectionOptions::default().batch_size)
+        .with("batch_size", ProjectionOptions::DEFAULT_BATCH_SIZE)
         .with("rss_before_kib", rss_before);
     if reset {
         m = m.with("peak_rss_kib", peak);

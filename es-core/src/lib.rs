@@ -83,7 +83,7 @@ pub use limits::{
     MAX_STREAM_ID_BYTES,
 };
 pub use metadata::{CommandContext, Metadata};
-pub use runtime::{AsOf, CommandOutcome, Loaded, Repository, RetryPolicy};
+pub use runtime::{AsOf, CommandOutcome, Journal, Loaded, Repository, RetryPolicy, Snapshots};
 pub use store::{
     check_appends, check_events, CommandRecord, EventStore, EventStream, JournalEntry,
     JournalOutcome, Snapshot, StreamAppend,
@@ -97,8 +97,8 @@ pub use es_macros::{Aggregate, Command, Event, Projection};
 pub mod prelude {
     pub use crate::{
         Aggregate, AggregateEvent, Command, CommandContext, CommandError, CommandOutcome, Event,
-        EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository, RoutedCommand,
-        StoreError, StreamAppend, StreamId,
+        EventStore, ExpectedVersion, Journal, Metadata, NewEvent, RecordedEvent, Repository,
+        RoutedCommand, Snapshots, StoreError, StreamAppend, StreamId,
     };
 }
 

@@ -217,33 +217,33 @@ pub enum OnFailure {
 ///     .batch_size(500)
 ///     .retries(5, Duration::from_millis(10))
 ///     .on_failure(OnFailure::Park);
-/// assert_eq!(options.max_retries, 5);
+/// assert_ne!(options, ProjectionOptions::default());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectionOptions {
     /// Most events applied in one transaction (default 256).
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// How long one batch should take at most (default 100 ms): after a
     /// slower batch the runner shrinks the next ones to fit, then grows them
     /// back. On PostgreSQL a batch's transaction holds back every reader of
     /// the global log in the cluster while it runs (see es-postgres' notes
     /// on the global order), so a slow handler must not keep one open long.
-    pub max_batch_time: Duration,
+    pub(crate) max_batch_time: Duration,
     /// Retries of a failing event before the policy applies (default 3).
-    pub max_retries: u32,
+    pub(crate) max_retries: u32,
     /// The first pause before a retry; doubled each time up to
     /// `max_backoff` (default 20 ms).
-    pub initial_backoff: Duration,
+    pub(crate) initial_backoff: Duration,
     /// The longest pause between retries (default 2 s).
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// Stop or park after the last retry (default [`OnFailure::Stop`]).
-    pub on_failure: OnFailure,
+    pub(crate) on_failure: OnFailure,
 }
 
 impl Default for ProjectionOptions {
     fn default() -> Self {
         ProjectionOptions {
-            batch_size: 256,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
             max_batch_time: Duration::from_millis(100),
             max_retries: 3,
             initial_backoff: Duration::from_millis(20),
@@ -251,6 +251,11 @@ impl Default for ProjectionOptions {
             on_failure: OnFailure::Stop,
         }
     }
+}
+
+impl ProjectionOptions {
+    /// Most events applied in one transaction unless [`ProjectionOptions::batch_size`] says otherwise.
+    pub const DEFAULT_BATCH_SIZE: usize = 256;
 }
 
 impl ProjectionOptions {

@@ -13,6 +13,51 @@ use crate::metadata::CommandContext;
 use crate::store::{CommandRecord, EventStore, JournalOutcome, Snapshot};
 use crate::version::{ExpectedVersion, StreamId};
 
+/// Which commands a repository's journal keeps
+/// ([`Repository::with_journal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Journal {
+    /// Every accepted command, with the versions it produced.
+    Accepted,
+    /// Accepted commands, and refused ones with their error.
+    AcceptedAndRejected,
+}
+
+/// When a repository snapshots an aggregate's state
+/// ([`Repository::with_snapshots`]).
+///
+/// ```
+/// use es_core::Snapshots;
+///
+/// // After every 100 events; the state's format is version 2 (bump it when
+/// // the aggregate's fields change: older snapshots are then ignored).
+/// let snapshots = Snapshots::every(100).format(2);
+/// assert_eq!(snapshots, Snapshots::every(100).format(2));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshots {
+    every: u64,
+    format: u32,
+}
+
+impl Snapshots {
+    /// A snapshot after every `events` events (0 counts as 1), in format 1.
+    pub fn every(events: u64) -> Self {
+        Snapshots {
+            every: events.max(1),
+            format: 1,
+        }
+    }
+
+    /// The version of the state's format (default 1): a snapshot stored in
+    /// another format is ignored and the aggregate replayed.
+    pub fn format(mut self, version: u32) -> Self {
+        self.format = version;
+        self
+    }
+}
+
 /// Events read per round trip when loading an aggregate.
 const LOAD_PAGE: usize = 1024;
 
@@ -23,35 +68,38 @@ const LOAD_PAGE: usize = 1024;
 /// use std::time::Duration;
 ///
 /// let policy = RetryPolicy::default().max_attempts(5).backoff(Duration::from_millis(2));
-/// assert_eq!(policy.max_attempts, 5);
+/// assert_eq!(policy, RetryPolicy::default().backoff(Duration::from_millis(2)).max_attempts(5));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// How many times a command is decided before a conflict is returned
     /// (at least 1).
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// How many times one append is re-sent after the store was unavailable
     /// or the reply was lost (with the same event ids, so nothing is stored
     /// twice).
-    pub max_transient_retries: u32,
+    pub(crate) max_transient_retries: u32,
     /// The first pause before re-sending; doubled each time.
-    pub initial_backoff: Duration,
+    pub(crate) initial_backoff: Duration,
 }
 
 impl RetryPolicy {
-    /// Sets [`RetryPolicy::max_attempts`] (0 counts as 1).
+    /// How many times a command is decided before a conflict is returned
+    /// (default 10; 0 counts as 1).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
     }
 
-    /// Sets [`RetryPolicy::max_transient_retries`].
+    /// How many times one append is re-sent after the store was unavailable
+    /// or the reply was lost, with the same event ids so nothing is stored
+    /// twice (default 3).
     pub fn max_transient_retries(mut self, retries: u32) -> Self {
         self.max_transient_retries = retries;
         self
     }
 
-    /// Sets [`RetryPolicy::initial_backoff`].
+    /// The first pause before re-sending; doubled each time.
     pub fn backoff(mut self, backoff: Duration) -> Self {
         self.initial_backoff = backoff;
         self
@@ -316,33 +364,40 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Keeps a command journal: every accepted command is stored with its
     /// id, type, payload, context and the versions it produced — and, with
-    /// `keep_rejections`, every refused one with its error — so an operator
-    /// can see what was asked and what it caused
+    /// [`Journal::AcceptedAndRejected`], every refused one with its error —
+    /// so an operator can see what was asked and what it caused
     /// ([`EventStore::command_journal`]). Journaled commands are idempotent.
-    pub fn with_journal(mut self, keep_rejections: bool) -> Self
+    ///
+    /// ```ignore
+    /// let accounts = Repository::<Account, _>::new(store).with_journal(Journal::AcceptedAndRejected);
+    /// ```
+    pub fn with_journal(mut self, journal: Journal) -> Self
     where
         A::Command: serde::Serialize,
     {
         self.journal = Some(JournalPolicy {
             encode: |command| serde_json::to_string(command),
-            rejections: keep_rejections,
+            rejections: matches!(journal, Journal::AcceptedAndRejected),
         });
         self
     }
 
-    /// Snapshots the state every `every` events (in the stores that keep
+    /// Snapshots the state as [`Snapshots`] says (in the stores that keep
     /// snapshots), so a load reads the latest snapshot and only the events
-    /// after it. `schema_version` names the state's format: bump it when the
-    /// state's fields change, and older snapshots are ignored. A snapshot
-    /// that does not decode is ignored with a warning and the aggregate is
-    /// replayed in full.
-    pub fn with_snapshots(mut self, every: u64, schema_version: u32) -> Self
+    /// after it. A snapshot of another format, or one that does not decode,
+    /// is ignored (the latter with a warning) and the aggregate replayed in
+    /// full.
+    ///
+    /// ```ignore
+    /// let accounts = Repository::<Account, _>::new(store).with_snapshots(Snapshots::every(100));
+    /// ```
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self
     where
         A: serde::Serialize + serde::de::DeserializeOwned,
     {
         self.snapshots = Some(SnapshotPolicy {
-            every: every.max(1),
-            schema_version,
+            every: snapshots.every,
+            schema_version: snapshots.format,
             encode: |state| serde_json::to_string(state),
             decode: |text| serde_json::from_str(text),
         });

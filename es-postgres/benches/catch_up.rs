@@ -95,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(100_000);
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let batch_size = ProjectionOptions::default().batch_size;
+    let batch_size = ProjectionOptions::DEFAULT_BATCH_SIZE;
 
     // A fresh schema.
     let mut admin = PgConnection::connect(&url).await?;

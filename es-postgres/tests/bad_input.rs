@@ -461,7 +461,10 @@ async fn like_wildcards_in_stream_ids_match_only_themselves() {
         let read = store.read_stream(&stream, 1, 10).await.unwrap();
         assert_eq!(read.len(), 1, "stream {id:?} reads only its own event");
         assert_eq!(read[0].stream_id.as_str(), *id);
-        assert_eq!(read[0].data.to_value().unwrap(), serde_json::json!({ "n": n }));
+        assert_eq!(
+            read[0].data.to_value().unwrap(),
+            serde_json::json!({ "n": n })
+        );
         assert_eq!(store.stream_version(&stream).await.unwrap(), 1, "{id:?}");
     }
     // Expectations and snapshots match literally too.
@@ -525,7 +528,10 @@ async fn a_ten_mebibyte_payload_round_trips_exactly() {
         "the payload round-trips exactly"
     );
     assert_eq!(
-        read[0].data.to_value().unwrap()["blob"].as_str().unwrap().len(),
+        read[0].data.to_value().unwrap()["blob"]
+            .as_str()
+            .unwrap()
+            .len(),
         blob.len()
     );
     assert_eq!(read[0].metadata, event.metadata);

@@ -1,4 +1,4 @@
-//! Snapshots on PostgreSQL: a repository with `with_snapshots(10, 1)` keeps
+//! Snapshots on PostgreSQL: a repository with `with_snapshots(Snapshots::every(10))` keeps
 //! the latest state every 10 events, loads from it, and falls back to a full
 //! replay when the stored snapshot does not decode or has another format.
 
@@ -83,7 +83,7 @@ async fn add_many(
 #[tokio::test]
 async fn snapshots_every_ten_events_shorten_loads_and_a_bad_snapshot_means_a_full_replay() {
     let store = fresh_store().await;
-    let tallies = Repository::<Tally, _>::new(store.clone()).with_snapshots(10, 1);
+    let tallies = Repository::<Tally, _>::new(store.clone()).with_snapshots(Snapshots::every(10));
     add_many(&tallies, "t1", 1..=25).await;
     let sum_25 = (1..=25).sum::<u64>();
 
@@ -114,7 +114,8 @@ async fn snapshots_every_ten_events_shorten_loads_and_a_bad_snapshot_means_a_ful
         .unwrap();
     assert_eq!((plain.version, plain.replayed), (25, 25));
     assert_eq!(plain.state, loaded.state);
-    let newer_format = Repository::<Tally, _>::new(store.clone()).with_snapshots(10, 2);
+    let newer_format =
+        Repository::<Tally, _>::new(store.clone()).with_snapshots(Snapshots::every(10).format(2));
     let reloaded = newer_format.load("t1").await.unwrap();
     assert_eq!((reloaded.version, reloaded.replayed), (25, 25));
     assert_eq!(reloaded.state, loaded.state);
@@ -169,7 +170,7 @@ async fn snapshots_every_ten_events_shorten_loads_and_a_bad_snapshot_means_a_ful
 #[tokio::test]
 async fn a_snapshot_is_never_replaced_by_an_older_one() {
     let store = fresh_store().await;
-    let tallies = Repository::<Tally, _>::new(store.clone()).with_snapshots(10, 1);
+    let tallies = Repository::<Tally, _>::new(store.clone()).with_snapshots(Snapshots::every(10));
     add_many(&tallies, "t", 1..=20).await;
     let stream = StreamId::from("tally-t");
     store

@@ -1102,7 +1102,10 @@ pub async fn snapshots_keep_the_latest<S: EventStore>(store: S) {
         .unwrap()
         .expect("a snapshot");
     assert_eq!((loaded.version, loaded.schema_version), (5, 2));
-    assert_eq!(loaded.state.to_value().unwrap(), serde_json::json!({ "at": 5 }));
+    assert_eq!(
+        loaded.state.to_value().unwrap(),
+        serde_json::json!({ "at": 5 })
+    );
     store.save_snapshot(&stream, snapshot(8)).await.unwrap();
     assert_eq!(
         store.load_snapshot(&stream).await.unwrap().unwrap().version,
@@ -1295,7 +1298,11 @@ pub async fn the_journal_lists_accepted_and_rejected_commands<S: EventStore>(sto
     );
     assert_eq!(journal[0].command.command_type, "Deposit");
     assert_eq!(
-        journal[0].command.payload.as_ref().map(|p| p.to_value().unwrap()),
+        journal[0]
+            .command
+            .payload
+            .as_ref()
+            .map(|p| p.to_value().unwrap()),
         Some(serde_json::json!({ "amount": 5 }))
     );
     assert_eq!(journal[0].command.metadata.actor.as_deref(), Some("alice"));
