@@ -368,8 +368,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// so an operator can see what was asked and what it caused
     /// ([`EventStore::command_journal`]). Journaled commands are idempotent.
     ///
-    /// ```ignore
-    /// let accounts = Repository::<Account, _>::new(store).with_journal(Journal::AcceptedAndRejected);
+    /// ```text
+    /// Repository::<Account, _>::new(store).with_journal(Journal::AcceptedAndRejected)
     /// ```
     pub fn with_journal(mut self, journal: Journal) -> Self
     where
@@ -388,8 +388,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// is ignored (the latter with a warning) and the aggregate replayed in
     /// full.
     ///
-    /// ```ignore
-    /// let accounts = Repository::<Account, _>::new(store).with_snapshots(Snapshots::every(100));
+    /// ```text
+    /// Repository::<Account, _>::new(store).with_snapshots(Snapshots::every(100).format(2))
     /// ```
     pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self
     where
