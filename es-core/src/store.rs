@@ -1,7 +1,7 @@
 //! The event store contract every store implements: atomic appends with an
 //! expected version, stream and global-log reads, and live subscriptions.
 //!
-//! The full contract (the log's rules in DESIGN.md) is checked by the
+//! The full contract (the log's rules in ARCHITECTURE.md) is checked by the
 //! conformance suite in `testing::conformance`; a store is only a store when
 //! it passes it.
 
