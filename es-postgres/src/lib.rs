@@ -88,6 +88,7 @@ mod group;
 mod journal;
 mod notifier;
 mod projection;
+mod restore;
 mod setup;
 mod subscription;
 
@@ -105,7 +106,8 @@ use es_core::{
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
-pub use setup::SetupError;
+pub use restore::RebaseReport;
+pub use setup::{MigrationReport, SetupError};
 
 /// Re-exported so callers can name the connection types of
 /// [`PgEventStore::append_in`] without depending on sqlx themselves.
@@ -243,6 +245,7 @@ pub struct PgEventStoreBuilder {
     inline: Vec<Arc<dyn projection::InlineProjection>>,
     group_committers: usize,
     notify: bool,
+    migrate: bool,
 }
 
 impl std::fmt::Debug for PgEventStoreBuilder {
@@ -276,6 +279,7 @@ impl Default for PgEventStoreBuilder {
             inline: Vec::new(),
             group_committers: 0,
             notify: true,
+            migrate: true,
         }
     }
 }
@@ -352,6 +356,59 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Whether connecting creates and upgrades the schema (default on).
+    /// Off, for a service whose database role may not run DDL: connecting
+    /// only checks that the schema has every migration of this build, and
+    /// fails with [`SetupError::SchemaMissing`] or
+    /// [`SetupError::SchemaBehind`] otherwise. Run the migrations in a
+    /// deploy step with [`PgEventStoreBuilder::migrate_only`].
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Runs the migrations of the schema and nothing else (for a deploy
+    /// step, with a role that may run DDL): connects one connection,
+    /// creates or upgrades the schema (adopting one created before
+    /// migration checksums), and disconnects.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), es_postgres::SetupError> {
+    /// let report = es_postgres::PgEventStore::builder()
+    ///     .schema("billing")
+    ///     .migrate_only("postgres://migrator@127.0.0.1:5432/prod")
+    ///     .await?;
+    /// println!("applied {:?}", report.applied);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn migrate_only(self, url: &str) -> Result<MigrationReport, SetupError> {
+        setup::check_schema_name(&self.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(SetupError::Connect)?;
+        let report = setup::migrate(&pool, &self.schema).await;
+        pool.close().await;
+        report
+    }
+
+    /// Repairs a schema restored from a logical dump of another cluster
+    /// (see [`SetupError::RestoredFromAnotherCluster`]): renumbers its
+    /// events' positions, in log order, below this cluster's transaction
+    /// ids, with the streams' last positions, the projections' checkpoints
+    /// and the parked events, in one transaction that locks the schema's
+    /// tables. Run it once after the restore, before any writer; a schema
+    /// that needs no repair is left as it is. Positions change, so a
+    /// consumer that keeps its checkpoint outside the database must start
+    /// again from 0 (or from the new position of its last event).
+    pub async fn rebase_after_restore(self, url: &str) -> Result<RebaseReport, SetupError> {
+        setup::check_schema_name(&self.schema)?;
+        restore::rebase(url, &self.schema).await
+    }
+
     /// Connects a pool to `url`, creates or upgrades the schema, and returns
     /// the store.
     pub async fn connect(self, url: &str) -> Result<PgEventStore, SetupError> {
@@ -378,7 +435,12 @@ impl PgEventStoreBuilder {
     /// creates or upgrades the schema.
     pub async fn with_pool(self, pool: PgPool) -> Result<PgEventStore, SetupError> {
         setup::check_schema_name(&self.schema)?;
-        setup::migrate(&pool, &self.schema).await?;
+        if self.migrate {
+            setup::migrate(&pool, &self.schema).await?;
+        } else {
+            setup::check(&pool, &self.schema).await?;
+        }
+        restore::check(&pool, &self.schema).await?;
         let committers = self.group_committers;
         let notifier = self
             .notify
@@ -459,7 +521,9 @@ impl PgEventStore {
 
     /// Runs the migrations again (they are idempotent); `connect` already did.
     pub async fn migrate(&self) -> Result<(), SetupError> {
-        setup::migrate(&self.inner.pool, &self.inner.schema).await
+        setup::migrate(&self.inner.pool, &self.inner.schema)
+            .await
+            .map(|_| ())
     }
 
     /// Appends inside the caller's transaction: the events and the caller's
@@ -496,20 +560,21 @@ impl PgEventStore {
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         check_atomic(&appends)?;
-        // Lock streams in one order everywhere, so two transfers in
-        // opposite directions cannot deadlock; and lock them all before the
-        // first write, which gives the transaction its id (and so its
-        // positions) only once no other append to these streams can run.
+        // Lock streams in one order everywhere (that of their lock keys, in
+        // `lock_streams()`), so two transfers in opposite directions cannot
+        // deadlock; and lock them all before the first write, which gives
+        // the transaction its id (and so its positions) only once no other
+        // append to these streams can run.
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream_id.cmp(&appends[b].stream_id));
         let sorted: Vec<&str> = order
             .iter()
             .map(|&i| appends[i].stream_id.as_str())
             .collect();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('es-stream ' || s, 0)) \
-             FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n",
-        )
+        sqlx::query(&format!(
+            "SELECT \"{}\".lock_streams($1::text[])",
+            self.inner.schema
+        ))
         .bind(&sorted)
         .execute(&mut *conn)
         .await
