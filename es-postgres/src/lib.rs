@@ -23,19 +23,78 @@
 //!
 //! Everything lives in one PostgreSQL schema (`es` unless configured), so
 //! several services can share a database. The store creates and upgrades it
-//! itself on connect: embedded, versioned migrations, recorded in
-//! `schema_migrations`, applied in a transaction under an advisory lock, so
-//! running them twice (or from two processes at once) is harmless.
+//! itself on connect: embedded, numbered migrations, recorded in
+//! `schema_migrations` with the SHA-256 of each, applied in a transaction
+//! under an advisory lock, so running them twice (or from two processes at
+//! once) is harmless. A released migration never changes (a fix is a new
+//! one): connect refuses a schema whose applied migration differs from this
+//! build's ([`SetupError::MigrationChanged`]) or that a newer build migrated
+//! ([`SetupError::UnknownMigration`]). A schema created before checksums
+//! were recorded is adopted if its tables, indexes and functions are those
+//! of the released migrations it records, and refused with what differs
+//! otherwise ([`SetupError::LegacySchemaDiffers`]).
+//!
+//! For a service whose role may not run DDL, `builder().migrate(false)`
+//! only checks the schema ([`SetupError::SchemaMissing`],
+//! [`SetupError::SchemaBehind`]), and a deploy step runs the migrations
+//! alone:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), es_postgres::SetupError> {
+//! use es_postgres::PgEventStore;
+//!
+//! // The deploy step, with a role that may run DDL.
+//! PgEventStore::builder().schema("billing").migrate_only("postgres://migrator@db/prod").await?;
+//! // The service.
+//! let store = PgEventStore::builder()
+//!     .schema("billing")
+//!     .migrate(false)
+//!     .connect("postgres://billing@db/prod")
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! | table | columns | indexes and why |
 //! |---|---|---|
 //! | `streams` | `stream_id text`, `version bigint` | primary key on `stream_id`: an append locks its stream's row, so appends to one stream serialise there and appends to different streams never wait for each other |
 //! | `events` | `position bigint`, `event_id uuid`, `stream_id text`, `stream_version bigint`, `event_type text`, `schema_version int`, `payload jsonb`, `metadata jsonb`, `recorded_at timestamptz` | primary key on `position`: reads of the global log; unique `(stream_id, stream_version)`: reads of one stream, and no version can be stored twice; unique `event_id`: idempotent retries, an id is never stored twice |
 //! | `snapshots` | `stream_id text`, `version bigint`, `schema_version int`, `state jsonb`, `taken_at timestamptz` | primary key on `stream_id`: one latest snapshot per stream |
-//! | `schema_migrations` | `version int`, `description text`, `applied_at timestamptz` | primary key on `version` |
+//! | `schema_migrations` | `version int`, `description text`, `applied_at timestamptz`, `checksum bytea` | primary key on `version` |
 //!
-//! Two functions complete it: `append_events(...)`, which appends one
-//! stream's events in one statement, and `readable_bound()`.
+//! Functions complete it: `append_events(...)`, which appends one stream's
+//! events in one statement, `readable_bound()`, and `stream_lock_key()` /
+//! `lock_streams()`: a stream's advisory lock key includes the schema (two
+//! schemas never wait for each other's streams of the same name), and
+//! appends over several streams lock them in key order, so they cannot
+//! deadlock even when two keys collide.
+//!
+//! # Restoring a dump into another cluster
+//!
+//! Positions come from transaction ids, which a logical dump
+//! (`pg_dump`/`pg_restore`) does not carry over. Restored into a cluster
+//! whose transaction ids are younger than the stored positions, the events
+//! would be invisible to readers and their streams would refuse appends, so
+//! connect refuses such a schema with
+//! [`SetupError::RestoredFromAnotherCluster`]. The repair, run once after
+//! the restore and before any writer:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), es_postgres::SetupError> {
+//! let report = es_postgres::PgEventStore::builder()
+//!     .schema("billing")
+//!     .rebase_after_restore("postgres://postgres@new-cluster/prod")
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It renumbers the positions in log order below the cluster's transaction
+//! ids, with the streams' last positions, the projections' checkpoints and
+//! the parked events, in one transaction. Positions change: a consumer that
+//! keeps its checkpoint outside the database must start again (from 0, or
+//! from the new position of its last event). A physical backup (base backup,
+//! replica) keeps the transaction ids and needs none of this.
 //!
 //! # The global order, without gaps
 //!
