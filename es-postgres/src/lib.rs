@@ -23,19 +23,78 @@
 //!
 //! Everything lives in one PostgreSQL schema (`es` unless configured), so
 //! several services can share a database. The store creates and upgrades it
-//! itself on connect: embedded, versioned migrations, recorded in
-//! `schema_migrations`, applied in a transaction under an advisory lock, so
-//! running them twice (or from two processes at once) is harmless.
+//! itself on connect: embedded, numbered migrations, recorded in
+//! `schema_migrations` with the SHA-256 of each, applied in a transaction
+//! under an advisory lock, so running them twice (or from two processes at
+//! once) is harmless. A released migration never changes (a fix is a new
+//! one): connect refuses a schema whose applied migration differs from this
+//! build's ([`SetupError::MigrationChanged`]) or that a newer build migrated
+//! ([`SetupError::UnknownMigration`]). A schema created before checksums
+//! were recorded is adopted if its tables, indexes and functions are those
+//! of the released migrations it records, and refused with what differs
+//! otherwise ([`SetupError::LegacySchemaDiffers`]).
+//!
+//! For a service whose role may not run DDL, `builder().migrate(false)`
+//! only checks the schema ([`SetupError::SchemaMissing`],
+//! [`SetupError::SchemaBehind`]), and a deploy step runs the migrations
+//! alone:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), es_postgres::SetupError> {
+//! use es_postgres::PgEventStore;
+//!
+//! // The deploy step, with a role that may run DDL.
+//! PgEventStore::builder().schema("billing").migrate_only("postgres://migrator@db/prod").await?;
+//! // The service.
+//! let store = PgEventStore::builder()
+//!     .schema("billing")
+//!     .migrate(false)
+//!     .connect("postgres://billing@db/prod")
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! | table | columns | indexes and why |
 //! |---|---|---|
 //! | `streams` | `stream_id text`, `version bigint` | primary key on `stream_id`: an append locks its stream's row, so appends to one stream serialise there and appends to different streams never wait for each other |
 //! | `events` | `position bigint`, `event_id uuid`, `stream_id text`, `stream_version bigint`, `event_type text`, `schema_version int`, `payload jsonb`, `metadata jsonb`, `recorded_at timestamptz` | primary key on `position`: reads of the global log; unique `(stream_id, stream_version)`: reads of one stream, and no version can be stored twice; unique `event_id`: idempotent retries, an id is never stored twice |
 //! | `snapshots` | `stream_id text`, `version bigint`, `schema_version int`, `state jsonb`, `taken_at timestamptz` | primary key on `stream_id`: one latest snapshot per stream |
-//! | `schema_migrations` | `version int`, `description text`, `applied_at timestamptz` | primary key on `version` |
+//! | `schema_migrations` | `version int`, `description text`, `applied_at timestamptz`, `checksum bytea` | primary key on `version` |
 //!
-//! Two functions complete it: `append_events(...)`, which appends one
-//! stream's events in one statement, and `readable_bound()`.
+//! Functions complete it: `append_events(...)`, which appends one stream's
+//! events in one statement, `readable_bound()`, and `stream_lock_key()` /
+//! `lock_streams()`: a stream's advisory lock key includes the schema (two
+//! schemas never wait for each other's streams of the same name), and
+//! appends over several streams lock them in key order, so they cannot
+//! deadlock even when two keys collide.
+//!
+//! # Restoring a dump into another cluster
+//!
+//! Positions come from transaction ids, which a logical dump
+//! (`pg_dump`/`pg_restore`) does not carry over. Restored into a cluster
+//! whose transaction ids are younger than the stored positions, the events
+//! would be invisible to readers and their streams would refuse appends, so
+//! connect refuses such a schema with
+//! [`SetupError::RestoredFromAnotherCluster`]. The repair, run once after
+//! the restore and before any writer:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), es_postgres::SetupError> {
+//! let report = es_postgres::PgEventStore::builder()
+//!     .schema("billing")
+//!     .rebase_after_restore("postgres://postgres@new-cluster/prod")
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It renumbers the positions in log order below the cluster's transaction
+//! ids, with the streams' last positions, the projections' checkpoints and
+//! the parked events, in one transaction. Positions change: a consumer that
+//! keeps its checkpoint outside the database must start again (from 0, or
+//! from the new position of its last event). A physical backup (base backup,
+//! replica) keeps the transaction ids and needs none of this.
 //!
 //! # The global order, without gaps
 //!
@@ -92,6 +151,7 @@ mod group;
 mod journal;
 mod notifier;
 mod projection;
+mod restore;
 mod setup;
 mod subscription;
 
@@ -109,7 +169,8 @@ use es_core::{
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
-pub use setup::SetupError;
+pub use restore::RebaseReport;
+pub use setup::{MigrationReport, SetupError};
 
 /// Re-exported so callers can name the connection types of
 /// [`PgEventStore::append_in`] without depending on sqlx themselves.
@@ -272,6 +333,7 @@ pub struct PgEventStoreBuilder {
     inline: Vec<Arc<dyn projection::InlineProjection>>,
     group_committers: usize,
     notify: bool,
+    migrate: bool,
 }
 
 impl std::fmt::Debug for PgEventStoreBuilder {
@@ -306,6 +368,7 @@ impl Default for PgEventStoreBuilder {
             inline: Vec::new(),
             group_committers: 0,
             notify: true,
+            migrate: true,
         }
     }
 }
@@ -403,6 +466,59 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Whether connecting creates and upgrades the schema (default on).
+    /// Off, for a service whose database role may not run DDL: connecting
+    /// only checks that the schema has every migration of this build, and
+    /// fails with [`SetupError::SchemaMissing`] or
+    /// [`SetupError::SchemaBehind`] otherwise. Run the migrations in a
+    /// deploy step with [`PgEventStoreBuilder::migrate_only`].
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Runs the migrations of the schema and nothing else (for a deploy
+    /// step, with a role that may run DDL): connects one connection,
+    /// creates or upgrades the schema (adopting one created before
+    /// migration checksums), and disconnects.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), es_postgres::SetupError> {
+    /// let report = es_postgres::PgEventStore::builder()
+    ///     .schema("billing")
+    ///     .migrate_only("postgres://migrator@127.0.0.1:5432/prod")
+    ///     .await?;
+    /// println!("applied {:?}", report.applied);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn migrate_only(self, url: &str) -> Result<MigrationReport, SetupError> {
+        setup::check_schema_name(&self.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(SetupError::Connect)?;
+        let report = setup::migrate(&pool, &self.schema).await;
+        pool.close().await;
+        report
+    }
+
+    /// Repairs a schema restored from a logical dump of another cluster
+    /// (see [`SetupError::RestoredFromAnotherCluster`]): renumbers its
+    /// events' positions, in log order, below this cluster's transaction
+    /// ids, with the streams' last positions, the projections' checkpoints
+    /// and the parked events, in one transaction that locks the schema's
+    /// tables. Run it once after the restore, before any writer; a schema
+    /// that needs no repair is left as it is. Positions change, so a
+    /// consumer that keeps its checkpoint outside the database must start
+    /// again from 0 (or from the new position of its last event).
+    pub async fn rebase_after_restore(self, url: &str) -> Result<RebaseReport, SetupError> {
+        setup::check_schema_name(&self.schema)?;
+        restore::rebase(url, &self.schema).await
+    }
+
     /// Connects a pool to `url`, creates or upgrades the schema, and returns
     /// the store.
     pub async fn connect(self, url: &str) -> Result<PgEventStore, SetupError> {
@@ -429,7 +545,12 @@ impl PgEventStoreBuilder {
     /// creates or upgrades the schema.
     pub async fn with_pool(self, pool: PgPool) -> Result<PgEventStore, SetupError> {
         setup::check_schema_name(&self.schema)?;
-        setup::migrate(&pool, &self.schema).await?;
+        if self.migrate {
+            setup::migrate(&pool, &self.schema).await?;
+        } else {
+            setup::check(&pool, &self.schema).await?;
+        }
+        restore::check(&pool, &self.schema).await?;
         let committers = self.group_committers;
         let notifier = self
             .notify
@@ -518,7 +639,9 @@ impl PgEventStore {
 
     /// Runs the migrations again (they are idempotent); `connect` already did.
     pub async fn migrate(&self) -> Result<(), SetupError> {
-        setup::migrate(&self.inner.pool, &self.inner.schema).await
+        setup::migrate(&self.inner.pool, &self.inner.schema)
+            .await
+            .map(|_| ())
     }
 
     /// Appends inside the caller's transaction: the events and the caller's
@@ -596,20 +719,21 @@ impl PgEventStore {
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         check_atomic(&appends)?;
-        // Lock streams in one order everywhere, so two transfers in
-        // opposite directions cannot deadlock; and lock them all before the
-        // first write, which gives the transaction its id (and so its
-        // positions) only once no other append to these streams can run.
+        // Lock streams in one order everywhere (that of their lock keys, in
+        // `lock_streams()`), so two transfers in opposite directions cannot
+        // deadlock; and lock them all before the first write, which gives
+        // the transaction its id (and so its positions) only once no other
+        // append to these streams can run.
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream_id.cmp(&appends[b].stream_id));
         let sorted: Vec<&str> = order
             .iter()
             .map(|&i| appends[i].stream_id.as_str())
             .collect();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('es-stream ' || s, 0)) \
-             FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n",
-        )
+        sqlx::query(&format!(
+            "SELECT \"{}\".lock_streams($1::text[])",
+            self.inner.schema
+        ))
         .bind(&sorted)
         .execute(&mut *conn)
         .await

@@ -195,3 +195,310 @@ async fn an_invalid_schema_name_is_refused_before_connecting() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Checksums, adoption of schemas made before them, migrate(false), and
+// running the migrations alone.
+
+/// The schema as the last build without migration checksums created it.
+const SCHEMA_AT_0F36D9C: &str = include_str!("fixtures/schema_at_0f36d9c.sql");
+
+/// Loads a fixture into `schema`, on a connection of its own (a dump sets
+/// the session's search_path).
+async fn load_fixture(fixture: &str, schema: &str) {
+    use es_postgres::sqlx::{Connection, Executor};
+    let mut conn = control_connection().await;
+    conn.execute(fixture.replace("__SCHEMA__", schema).as_str())
+        .await
+        .expect("load the fixture");
+    conn.close().await.unwrap();
+}
+
+/// Appends with the old build's own SQL function, as it did.
+async fn legacy_append(schema: &str, stream: &str, events: &[es_core::NewEvent]) {
+    let mut conn = control_connection().await;
+    let metadata: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(&e.metadata).unwrap())
+        .collect();
+    sqlx::query(&format!(
+        "SELECT * FROM \"{schema}\".append_events($1, 0::smallint, 0, $2, $3, $4, $5, $6)"
+    ))
+    .bind(stream)
+    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.schema_version as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.payload.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(metadata)
+    .fetch_all(&mut conn)
+    .await
+    .expect("append with the old build's function");
+}
+
+fn new_schema() -> String {
+    format!("es_test_{}", Uuid::now_v7().simple())
+}
+
+/// The checksums recorded in a schema: (version, hex).
+async fn checksums(store: &PgEventStore) -> Vec<(i32, Option<Vec<u8>>)> {
+    sqlx::query_as(&format!(
+        "SELECT version, checksum FROM \"{}\".schema_migrations ORDER BY version",
+        store.schema()
+    ))
+    .fetch_all(store.pool())
+    .await
+    .expect("read the checksums")
+}
+
+#[tokio::test]
+async fn a_schema_created_by_the_previous_build_is_adopted_and_upgraded_with_its_events_intact() {
+    let schema = new_schema();
+    load_fixture(SCHEMA_AT_0F36D9C, &schema).await;
+    let a = numbered_batch(0, 3);
+    let b = numbered_batch(10, 2);
+    legacy_append(&schema, "account-a", &a).await;
+    legacy_append(&schema, "account-b", &b).await;
+    legacy_append(&schema, "account-a", &numbered_batch(3, 1)).await;
+
+    // A deploy step runs the migrations alone: it adopts the schema (its
+    // DDL is migrations 1 and 2 as released) and applies the newer ones.
+    let report = PgEventStore::builder()
+        .schema(&schema)
+        .migrate_only(&database_url())
+        .await
+        .expect("adopt and upgrade the old schema");
+    assert!(report.adopted);
+    assert_eq!(report.applied, vec![3]);
+
+    let store = connect(&schema).await.expect("connect after the upgrade");
+    let recorded = checksums(&store).await;
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert!(recorded
+        .iter()
+        .all(|(_, sum)| sum.as_ref().is_some_and(|s| s.len() == 32)));
+    let rows = migrations(&store).await;
+    assert_one_row_per_migration(&rows);
+
+    // The events are intact, in their streams and in the global log.
+    let stream_a = store
+        .read_stream(&StreamId::from("account-a"), 1, 10)
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = stream_a.iter().map(|e| e.event_id).collect();
+    let mut expected: Vec<Uuid> = a.iter().map(|e| e.event_id).collect();
+    let log = read_log_until(&store, PATIENCE, |log| log.len() == 6).await;
+    expected.push(log[5].event_id);
+    assert_eq!(ids, expected);
+    assert_eq!(
+        stream_a
+            .iter()
+            .map(|e| e.data.to_value().unwrap())
+            .collect::<Vec<_>>(),
+        (0..4)
+            .map(|n| serde_json::json!({ "n": n }))
+            .collect::<Vec<_>>()
+    );
+    let log_ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
+    let mut in_order: Vec<Uuid> = a.iter().chain(&b).map(|e| e.event_id).collect();
+    in_order.push(stream_a[3].event_id);
+    assert_eq!(log_ids, in_order);
+    assert!(log
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
+
+    // And the new build appends to them.
+    let more = store
+        .append(
+            &StreamId::from("account-a"),
+            ExpectedVersion::Exact(4),
+            vec![numbered(4)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(more[0].stream_version, 5);
+    assert!(more[0].global_position > log[5].global_position);
+
+    // Connecting again changes nothing.
+    let again = connect(&schema).await.unwrap();
+    assert_eq!(migrations(&again).await, rows);
+}
+
+#[tokio::test]
+async fn a_schema_from_an_earlier_build_whose_ddl_differs_is_refused_and_left_alone() {
+    // An earlier build's migration 1 had no `closed` column on streams (it
+    // was edited in place later).
+    let earlier = SCHEMA_AT_0F36D9C.replace("    closed boolean DEFAULT false NOT NULL,\n", "");
+    assert!(
+        earlier != SCHEMA_AT_0F36D9C,
+        "the fixture has no `closed` column"
+    );
+    let schema = new_schema();
+    load_fixture(&earlier, &schema).await;
+    let mut conn = control_connection().await;
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".events \
+         (position, event_id, stream_id, stream_version, event_type, schema_version, payload, metadata) \
+         SELECT (pg_current_xact_id()::text::bigint << 20) + v, gen_random_uuid(), 'kept', v, \
+                'Numbered', 1, '{{}}', '{{}}' FROM generate_series(1, 2) v"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    match connect(&schema).await {
+        Err(SetupError::LegacySchemaDiffers {
+            schema: named,
+            versions,
+            differences,
+        }) => {
+            assert_eq!(named, schema);
+            assert_eq!(versions, vec![1, 2]);
+            assert!(
+                differences.iter().any(|d| d.contains("streams.closed")),
+                "{differences:?}"
+            );
+        }
+        other => panic!("expected LegacySchemaDiffers, got {:?}", other.map(|_| ())),
+    }
+    // Nothing changed: no checksums, no migration 3, the events still there.
+    let (has_checksum, versions, events): (bool, i64, i64) = sqlx::query_as(&format!(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 \
+                        AND table_name = 'schema_migrations' AND column_name = 'checksum'), \
+                (SELECT count(*) FROM \"{schema}\".schema_migrations), \
+                (SELECT count(*) FROM \"{schema}\".events)"
+    ))
+    .bind(&schema)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((has_checksum, versions, events), (false, 2, 2));
+}
+
+#[tokio::test]
+async fn an_applied_migration_that_differs_from_the_code_is_refused_at_connect() {
+    let store = fresh_store().await;
+    let s = store.schema().to_owned();
+    sqlx::query(&format!(
+        "UPDATE \"{s}\".schema_migrations SET checksum = sha256('edited in place') WHERE version = 1"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    match connect(&s).await {
+        Err(error @ SetupError::MigrationChanged { .. }) => {
+            let SetupError::MigrationChanged {
+                schema, version, ..
+            } = &error
+            else {
+                unreachable!()
+            };
+            assert_eq!((schema.as_str(), *version), (s.as_str(), 1));
+            assert!(error.to_string().contains("migration 1"), "{error}");
+        }
+        other => panic!("expected MigrationChanged, got {:?}", other.map(|_| ())),
+    }
+    // The same with migrate(false).
+    assert!(matches!(
+        PgEventStore::builder()
+            .schema(&s)
+            .migrate(false)
+            .connect(&database_url())
+            .await,
+        Err(SetupError::MigrationChanged { version: 1, .. })
+    ));
+
+    // A migration this build does not know: a newer build was there.
+    let other = fresh_store().await;
+    sqlx::query(&format!(
+        "INSERT INTO \"{}\".schema_migrations (version, description, checksum) \
+         VALUES (99, 'from the future', sha256('x'))",
+        other.schema()
+    ))
+    .execute(other.pool())
+    .await
+    .unwrap();
+    assert!(matches!(
+        connect(other.schema()).await,
+        Err(SetupError::UnknownMigration { version: 99, .. })
+    ));
+}
+
+#[tokio::test]
+async fn migrate_false_runs_no_ddl_and_refuses_a_missing_or_behind_schema() {
+    let schema = new_schema();
+    let no_ddl = || PgEventStore::builder().schema(&schema).migrate(false);
+    match no_ddl().connect(&database_url()).await {
+        Err(SetupError::SchemaMissing { schema: named }) => assert_eq!(named, schema),
+        other => panic!("expected SchemaMissing, got {:?}", other.map(|_| ())),
+    }
+    let mut conn = control_connection().await;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&schema)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(!exists, "migrate(false) created the schema");
+
+    // The deploy step migrates; the service then connects without DDL.
+    let report = PgEventStore::builder()
+        .schema(&schema)
+        .migrate_only(&database_url())
+        .await
+        .unwrap();
+    assert!(!report.adopted);
+    assert_eq!(report.applied, vec![1, 2, 3]);
+    let store = no_ddl().connect(&database_url()).await.unwrap();
+    store
+        .append(
+            &StreamId::from("s"),
+            ExpectedVersion::NoStream,
+            vec![numbered(1)],
+        )
+        .await
+        .unwrap();
+    let again = PgEventStore::builder()
+        .schema(&schema)
+        .migrate_only(&database_url())
+        .await
+        .unwrap();
+    assert!(again.applied.is_empty());
+
+    // A schema behind this build is refused, and left behind.
+    sqlx::query(&format!(
+        "DELETE FROM \"{schema}\".schema_migrations WHERE version = 3"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    match no_ddl().connect(&database_url()).await {
+        Err(SetupError::SchemaBehind { missing, .. }) => assert_eq!(missing, vec![3]),
+        other => panic!("expected SchemaBehind, got {:?}", other.map(|_| ())),
+    }
+    // A schema made before checksums is behind too: it needs adopting.
+    let old = new_schema();
+    load_fixture(SCHEMA_AT_0F36D9C, &old).await;
+    assert!(matches!(
+        PgEventStore::builder()
+            .schema(&old)
+            .migrate(false)
+            .connect(&database_url())
+            .await,
+        Err(SetupError::SchemaBehind { .. })
+    ));
+}
