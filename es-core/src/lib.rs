@@ -70,6 +70,7 @@ mod runtime;
 mod store;
 pub mod upcast;
 mod version;
+pub mod view;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -90,6 +90,7 @@ mod notifier;
 mod projection;
 mod setup;
 mod subscription;
+pub mod view;
 
 pub use projection::{ParkedRow, ProjectionProgress, RebuildError};
 
