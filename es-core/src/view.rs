@@ -159,6 +159,10 @@ pub enum ViewError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Waiting for the runner to reach a position timed out, or it stopped
+    /// first ([`Views::get_after`]).
+    #[error(transparent)]
+    Wait(#[from] WaitError),
 }
 
 /// Checks a view's name: 1 to 58 characters of `a`-`z`, `0`-`9`, `_`.
@@ -388,9 +392,9 @@ impl<V: View> Views<V> {
         key: &str,
         position: u64,
         timeout: Duration,
-    ) -> Result<Option<V>, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<Option<V>, ViewError> {
         self.wait_for(position, timeout).await?;
-        Ok(self.get(key).await?)
+        self.get(key).await
     }
 
     /// Up to `limit` documents ordered by key, starting after the key

@@ -184,6 +184,21 @@ impl PgEventStore {
         };
         Ok(Views::new(name, handle, Arc::new(reader)))
     }
+
+    /// Applies a parked event of the view `name` again with the view type
+    /// `V` (fixed since), and removes it from the parked events, in one
+    /// transaction ([`PgEventStore::retry_parked`]). Returns `false` when
+    /// the event is not (or no longer) parked.
+    pub async fn retry_parked_view<V: View>(
+        &self,
+        name: &str,
+        position: u64,
+    ) -> Result<bool, ViewError> {
+        check_view_name(name)?;
+        let table = qualified(self.schema(), &view_projection_name(name));
+        let projection = ViewProjection::<V, PgDocuments>::with_table(name, &table);
+        Ok(self.retry_parked(&projection, position).await?)
+    }
 }
 
 impl ViewStore for PgEventStore {
