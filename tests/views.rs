@@ -463,7 +463,39 @@ async fn a_bad_name_is_refused<S: ViewStore + EventStore>(store: S) {
         .is_ok());
 }
 
+/// Keeps the owner's name with `_` turned into U+0000 (the log cannot
+/// hold a NUL on PostgreSQL, but a view can compute one).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct RawOwners {
+    owner: String,
+}
+
+impl View for RawOwners {
+    type Event = AccountEvent;
+
+    fn apply(&mut self, event: &RecordedEvent<AccountEvent>) {
+        if let AccountEvent::Opened { owner, .. } = &event.data {
+            self.owner = owner.replace('_', "\0");
+        }
+    }
+}
+
+/// What PostgreSQL's jsonb cannot store fails the same way in memory.
+async fn a_nul_in_a_document_fails_on_every_store<S: ViewStore + EventStore>(store: S) {
+    let views = store
+        .run_view::<RawOwners>("owners", options().on_failure(OnFailure::Park))
+        .await
+        .unwrap();
+    append(&store, "account-a", &[opened("A_B", "n")]).await;
+    let position = append(&store, "account-b", &[opened("B", "n")]).await;
+    views.wait_for(position, WAIT).await.unwrap();
+    assert_eq!(views.status().parked, 1);
+    assert_eq!(views.get("a").await.unwrap(), None);
+    assert_eq!(views.get("b").await.unwrap().unwrap().owner, "B");
+}
+
 on_both_stores!(
+    a_nul_in_a_document_fails_on_every_store,
     get_and_list_in_pages,
     read_your_writes,
     a_key_the_view_derives,

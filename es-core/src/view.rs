@@ -108,7 +108,8 @@ pub trait View: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     fn apply(&mut self, event: &RecordedEvent<Self::Event>);
 
     /// The key of the document `event` goes to, or `None` to leave the
-    /// view untouched. The aggregate id of the event's stream by default
+    /// view untouched. Keys and documents cannot hold U+0000 (PostgreSQL
+    /// cannot store it; refused on every store, as a handler error). The aggregate id of the event's stream by default
     /// (the whole stream id for a stream not named by an aggregate).
     fn key(event: &RecordedEvent<Self::Event>) -> Option<String> {
         Some(
@@ -317,6 +318,11 @@ impl<V: View, S: ViewSink> Projection for ViewProjection<V, S> {
         let Some(key) = V::key(event) else {
             return Ok(());
         };
+        if key.contains('\0') {
+            return Err(
+                format!("view `{}`: a key cannot contain U+0000: {key:?}", self.view).into(),
+            );
+        }
         if V::delete_on(event) {
             return S::delete(sink, &self.table, &key).await;
         }
@@ -328,12 +334,33 @@ impl<V: View, S: ViewSink> Projection for ViewProjection<V, S> {
             None => (V::default(), 0),
         };
         doc.apply(event);
+        let doc = serde_json::to_value(&doc)?;
+        if holds_nul(&doc) {
+            // PostgreSQL's jsonb cannot store it: refused on every store,
+            // so a test in memory fails as production would.
+            return Err(format!(
+                "view `{}`: the document `{key}` holds U+0000 in a string, which jsonb cannot store",
+                self.view
+            )
+            .into());
+        }
         let document = StoredDocument {
-            doc: serde_json::to_value(&doc)?,
+            doc,
             position: event.global_position,
             version: version + 1,
         };
         S::save(sink, &self.table, &key, document).await
+    }
+}
+
+/// Whether a string (or an object key) of `doc` holds U+0000.
+fn holds_nul(doc: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match doc {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
