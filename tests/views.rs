@@ -494,7 +494,47 @@ async fn a_nul_in_a_document_fails_on_every_store<S: ViewStore + EventStore>(sto
     assert_eq!(views.get("b").await.unwrap().unwrap().owner, "B");
 }
 
+/// Runners aborted mid catch-up, again and again: each restart goes on
+/// from the checkpoint that committed with the documents, so no event is
+/// applied twice or skipped.
+async fn survives_crashes_mid_catch_up<S: ViewStore + EventStore>(store: S) {
+    append(&store, "account-alice", &[opened("Alice", "n")]).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        let deposits = vec![AccountEvent::Deposited { amount: 1 }; 20];
+        last = append(&store, "account-alice", &deposits).await;
+    }
+    let small_batches = options().batch_size(4);
+    let mut crashes = 0;
+    loop {
+        let views = store
+            .run_view::<AccountView>("accounts", small_batches.clone())
+            .await
+            .unwrap();
+        let mut status = views.projection().watch();
+        let started = status.borrow().position;
+        // Wait for a batch or two to commit, then crash.
+        let reached = status
+            .wait_for(|s| s.position > started || s.position >= last)
+            .await
+            .unwrap()
+            .position;
+        if reached >= last || crashes == 5 {
+            views.wait_for(last, WAIT).await.unwrap();
+            let alice = views.document("alice").await.unwrap().unwrap();
+            assert_eq!(alice.doc.balance, 400);
+            assert_eq!(alice.doc.history.len(), 400);
+            assert_eq!(alice.version, 401, "each event applied once");
+            break;
+        }
+        views.projection().abort();
+        crashes += 1;
+    }
+    assert!(crashes > 0, "the runner was never caught mid catch-up");
+}
+
 on_both_stores!(
+    survives_crashes_mid_catch_up,
     a_nul_in_a_document_fails_on_every_store,
     get_and_list_in_pages,
     read_your_writes,
