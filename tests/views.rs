@@ -178,6 +178,9 @@ async fn get_and_list_in_pages<S: ViewStore + EventStore>(store: S) {
         .unwrap()
         .documents
         .is_empty());
+    let one = views.list(Some("bob"), 0).await.unwrap();
+    assert_eq!(keys(&one.documents), ["carol"]);
+    assert_eq!(one.next.as_deref(), Some("carol"));
     assert_eq!(views.status().name, "view_accounts");
 }
 

@@ -426,12 +426,13 @@ impl<V: View> Views<V> {
 
     /// Up to `limit` documents ordered by key, starting after the key
     /// `after` (from the first without); pass the page's `next` to get the
-    /// following one.
+    /// following one. A limit of 0 is taken as 1.
     pub async fn list(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<DocumentPage<V>, ViewError> {
+        let limit = limit.max(1);
         let mut rows = self.reader.list(after, limit.saturating_add(1)).await?;
         let more = rows.len() > limit;
         rows.truncate(limit);
