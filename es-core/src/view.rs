@@ -108,9 +108,12 @@ pub trait View: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     fn apply(&mut self, event: &RecordedEvent<Self::Event>);
 
     /// The key of the document `event` goes to, or `None` to leave the
-    /// view untouched. Keys and documents cannot hold U+0000 (PostgreSQL
-    /// cannot store it; refused on every store, as a handler error). The aggregate id of the event's stream by default
+    /// view untouched. The aggregate id of the event's stream by default
     /// (the whole stream id for a stream not named by an aggregate).
+    ///
+    /// Keys and documents cannot hold U+0000: PostgreSQL cannot store it,
+    /// so it is refused on every store, as a handler error (the runner's
+    /// failure policy applies).
     fn key(event: &RecordedEvent<Self::Event>) -> Option<String> {
         Some(
             event
