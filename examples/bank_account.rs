@@ -1,8 +1,9 @@
 //! A bank account, event-sourced: open, deposit, withdraw. Withdrawing more
 //! than the balance is refused with a domain error.
 //!
-//! A projection keeps a read model — the list of accounts with their
-//! balances — current from the log, and the example answers from it.
+//! A view keeps a read model — one document per account with its owner and
+//! balance — current from the log, and the example answers from it: the
+//! same view type on both stores.
 //!
 //! Run it with `cargo run --example bank_account` (in memory), or on
 //! PostgreSQL with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
@@ -10,15 +11,13 @@
 //! resets first). Its tests, written with the given/when/then kit, run with
 //! `cargo test --example bank_account`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use es::memory::MemoryStore;
 use es::prelude::*;
-use es::projection::{
-    run_projection, HandlerError, MemoryReadModel, Projection, ProjectionOptions,
-};
-use es_postgres::sqlx::{self, PgConnection};
+use es::projection::ProjectionOptions;
+use es::view::{View, ViewStore};
+use es_postgres::sqlx;
 use es_postgres::PgEventStore;
 use serde::{Deserialize, Serialize};
 
@@ -87,130 +86,24 @@ impl Account {
     }
 }
 
-/// The read model: one row per account, kept current by a projection.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AccountRow {
+/// The read model: one document per account, kept by a view — the same
+/// type in memory and in PostgreSQL (a `jsonb` table the framework creates).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountView {
     owner: String,
     balance: u64,
 }
 
-/// The account list in memory, for the in-memory run: one handler per
-/// event type.
-#[derive(Projection)]
-#[projection(name = "accounts", event = AccountEvent, sink = BTreeMap<String, AccountRow>)]
-#[projection(handle(Opened, Deposited, Withdrew))]
-struct AccountList;
+impl View for AccountView {
+    type Event = AccountEvent;
 
-impl AccountList {
-    async fn opened(
-        &self,
-        rows: &mut BTreeMap<String, AccountRow>,
-        event: &RecordedEvent<AccountEvent>,
-    ) -> Result<(), HandlerError> {
-        let AccountEvent::Opened { owner } = &event.data else {
-            return Err(unexpected(event));
-        };
-        rows.insert(
-            account_id(event),
-            AccountRow {
-                owner: owner.clone(),
-                balance: 0,
-            },
-        );
-        Ok(())
+    fn apply(&mut self, event: &RecordedEvent<AccountEvent>) {
+        match &event.data {
+            AccountEvent::Opened { owner } => self.owner = owner.clone(),
+            AccountEvent::Deposited { amount } => self.balance += amount,
+            AccountEvent::Withdrew { amount } => self.balance -= amount,
+        }
     }
-
-    async fn deposited(
-        &self,
-        rows: &mut BTreeMap<String, AccountRow>,
-        event: &RecordedEvent<AccountEvent>,
-    ) -> Result<(), HandlerError> {
-        let AccountEvent::Deposited { amount } = &event.data else {
-            return Err(unexpected(event));
-        };
-        rows.entry(account_id(event)).or_default().balance += amount;
-        Ok(())
-    }
-
-    async fn withdrew(
-        &self,
-        rows: &mut BTreeMap<String, AccountRow>,
-        event: &RecordedEvent<AccountEvent>,
-    ) -> Result<(), HandlerError> {
-        let AccountEvent::Withdrew { amount } = &event.data else {
-            return Err(unexpected(event));
-        };
-        rows.entry(account_id(event)).or_default().balance -= amount;
-        Ok(())
-    }
-}
-
-/// The account list in PostgreSQL: the handlers write through the runner's
-/// transaction, which also moves the projection's checkpoint.
-#[derive(Projection)]
-#[projection(name = "accounts", event = AccountEvent, sink = PgConnection)]
-#[projection(handle(Opened, Deposited, Withdrew))]
-struct AccountTable;
-
-impl AccountTable {
-    async fn opened(
-        &self,
-        tx: &mut PgConnection,
-        event: &RecordedEvent<AccountEvent>,
-    ) -> Result<(), HandlerError> {
-        let AccountEvent::Opened { owner } = &event.data else {
-            return Err(unexpected(event));
-        };
-        sqlx::query("INSERT INTO bank_example.accounts (id, owner, balance) VALUES ($1, $2, 0)")
-            .bind(account_id(event))
-            .bind(owner.as_str())
-            .execute(tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn deposited(
-        &self,
-        tx: &mut PgConnection,
-        event: &RecordedEvent<AccountEvent>,
-    ) -> Result<(), HandlerError> {
-        let AccountEvent::Deposited { amount } = &event.data else {
-            return Err(unexpected(event));
-        };
-        sqlx::query("UPDATE bank_example.accounts SET balance = balance + $2 WHERE id = $1")
-            .bind(account_id(event))
-            .bind(i64::try_from(*amount)?)
-            .execute(tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn withdrew(
-        &self,
-        tx: &mut PgConnection,
-        event: &RecordedEvent<AccountEvent>,
-    ) -> Result<(), HandlerError> {
-        let AccountEvent::Withdrew { amount } = &event.data else {
-            return Err(unexpected(event));
-        };
-        sqlx::query("UPDATE bank_example.accounts SET balance = balance - $2 WHERE id = $1")
-            .bind(account_id(event))
-            .bind(i64::try_from(*amount)?)
-            .execute(tx)
-            .await?;
-        Ok(())
-    }
-}
-
-/// A handler given another event type than its own (the derive calls each
-/// handler with its variant only, so this never happens).
-fn unexpected(event: &RecordedEvent<AccountEvent>) -> HandlerError {
-    format!("no handler for {:?}", event.data).into()
-}
-
-fn account_id<E>(event: &RecordedEvent<E>) -> String {
-    let stream = event.stream_id.as_str();
-    stream.strip_prefix("account-").unwrap_or(stream).to_owned()
 }
 
 #[tokio::main]
@@ -226,56 +119,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .schema("bank_example")
                 .connect(&url)
                 .await?;
-            sqlx::query(
-                "CREATE TABLE bank_example.accounts \
-                 (id text PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL)",
-            )
-            .execute(store.pool())
-            .await?;
-            let projection = store.run_projection(AccountTable, ProjectionOptions::default());
-            let last = run(store.clone()).await?;
-            // Read-your-writes: answer from the read model once it has
-            // processed the last command's events.
-            projection.wait_for(last, Duration::from_secs(10)).await?;
-            println!("\n== read model: bank_example.accounts, kept by the projection ==");
-            let rows: Vec<(String, String, i64)> =
-                sqlx::query_as("SELECT id, owner, balance FROM bank_example.accounts ORDER BY id")
-                    .fetch_all(store.pool())
-                    .await?;
-            for (id, owner, balance) in rows {
-                println!("  {id}: owner {owner}, balance {balance}");
-            }
-            let status = projection.stop().await;
-            println!(
-                "  (projection `{}` at position {}, {} events processed)",
-                status.name, status.position, status.processed
-            );
-            Ok(())
+            run_with_view(store).await
         }
         Err(_) => {
             println!("store: in memory (set DATABASE_URL to use PostgreSQL)\n");
-            let store = MemoryStore::new();
-            let rows = MemoryReadModel::<BTreeMap<String, AccountRow>>::default();
-            let projection = run_projection(
-                store.clone(),
-                AccountList,
-                rows.clone(),
-                ProjectionOptions::default(),
-            );
-            let last = run(store).await?;
-            projection.wait_for(last, Duration::from_secs(10)).await?;
-            println!("\n== read model: the account list, kept by the projection ==");
-            for (id, row) in rows.read(|rows| rows.clone()) {
-                println!("  {id}: owner {}, balance {}", row.owner, row.balance);
-            }
-            let status = projection.stop().await;
-            println!(
-                "  (projection `{}` at position {}, {} events processed)",
-                status.name, status.position, status.processed
-            );
-            Ok(())
+            run_with_view(MemoryStore::new()).await
         }
     }
+}
+
+/// Runs the commands on `store`, then answers from the view.
+async fn run_with_view<S: EventStore + ViewStore>(
+    store: S,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let accounts = store
+        .run_view::<AccountView>("accounts", ProjectionOptions::default())
+        .await?;
+    let last = run(store).await?;
+    // Read-your-writes: answer from the view once it has processed the
+    // last command's events.
+    accounts.wait_for(last, Duration::from_secs(10)).await?;
+    println!("\n== read model: the view `accounts`, one document per account ==");
+    for account in accounts.list(None, 100).await?.documents {
+        let AccountView { owner, balance } = account.doc;
+        println!("  {}: owner {owner}, balance {balance}", account.key);
+    }
+    let status = accounts.stop().await;
+    println!(
+        "  (projection `{}` at position {}, {} events processed)",
+        status.name, status.position, status.processed
+    );
+    Ok(())
 }
 
 /// Runs the commands and prints what happened; returns the global position
@@ -477,5 +351,29 @@ mod tests {
         );
         assert_eq!(store.event_count(), 2, "a refused command writes nothing");
         assert_eq!(accounts.load("x").await.unwrap().state.balance, 40);
+    }
+
+    #[tokio::test]
+    async fn the_view_answers_after_the_commands() {
+        let store = MemoryStore::new();
+        let view = store
+            .run_view::<AccountView>("accounts", ProjectionOptions::default())
+            .await
+            .unwrap();
+        let last = run(store.clone()).await.unwrap();
+        view.wait_for(last, Duration::from_secs(10)).await.unwrap();
+        let page = view.list(None, 10).await.unwrap();
+        let accounts: Vec<_> = page
+            .documents
+            .into_iter()
+            .map(|d| (d.key, d.doc.owner, d.doc.balance))
+            .collect();
+        assert_eq!(
+            accounts,
+            [
+                ("alice".to_owned(), "Alice".to_owned(), 70),
+                ("bob".to_owned(), "Bob".to_owned(), 25)
+            ]
+        );
     }
 }

@@ -71,6 +71,7 @@ mod runtime;
 mod store;
 pub mod upcast;
 mod version;
+pub mod view;
 
 #[cfg(feature = "testing")]
 pub mod testing;

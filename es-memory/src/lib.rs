@@ -58,6 +58,8 @@ const SUBSCRIPTION_PAGE: usize = 256;
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+    /// The documents of its views, by view name.
+    views: es_core::view::MemoryViews,
 }
 
 struct Inner {
@@ -581,4 +583,16 @@ struct Subscription {
     head: watch::Receiver<u64>,
     next: u64,
     buffer: VecDeque<RecordedEvent>,
+}
+
+/// Views in memory: the documents of a view name live as long as the
+/// store, so a view started again goes on from its checkpoint.
+impl es_core::view::ViewStore for MemoryStore {
+    async fn run_view<V: es_core::view::View>(
+        &self,
+        name: &str,
+        options: es_core::projection::ProjectionOptions,
+    ) -> Result<es_core::view::Views<V>, es_core::view::ViewError> {
+        self.views.run(self.clone(), name, options)
+    }
 }

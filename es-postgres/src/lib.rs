@@ -154,6 +154,7 @@ mod projection;
 mod restore;
 mod setup;
 mod subscription;
+pub mod view;
 
 pub use projection::{ParkedRow, ProjectionProgress, RebuildError};
 
