@@ -124,6 +124,15 @@ pub(crate) async fn close(
     Ok(())
 }
 
+/// An erased row's metadata: what is not personal (ids, timestamp), and
+/// when it was erased.
+const ERASED_METADATA: &str = "jsonb_strip_nulls(jsonb_build_object( \
+     'correlation_id', metadata->'correlation_id', \
+     'causation_id', metadata->'causation_id', \
+     'command_id', metadata->'command_id', \
+     'timestamp', metadata->'timestamp', \
+     'erased_at', to_jsonb(now())))";
+
 /// Closes the stream, then replaces payloads with `{}` and keeps only the
 /// metadata that is not personal (ids, timestamp), stamping `erased_at`.
 pub(crate) async fn erase(store: &PgEventStore, stream_id: &StreamId) -> Result<u64, StoreError> {
@@ -131,12 +140,7 @@ pub(crate) async fn erase(store: &PgEventStore, stream_id: &StreamId) -> Result<
     let mut tx = store.pool().begin().await.map_err(unavailable_or_backend)?;
     close(store, stream_id, &mut tx).await?;
     let erased = sqlx::query(&format!(
-        "UPDATE {s}.events SET payload = '{{}}'::jsonb, metadata = jsonb_strip_nulls(jsonb_build_object( \
-             'correlation_id', metadata->'correlation_id', \
-             'causation_id', metadata->'causation_id', \
-             'command_id', metadata->'command_id', \
-             'timestamp', metadata->'timestamp', \
-             'erased_at', to_jsonb(now()))) \
+        "UPDATE {s}.events SET payload = '{{}}'::jsonb, metadata = {ERASED_METADATA} \
          WHERE stream_id = $1"
     ))
     .bind(stream_id.as_str())
@@ -147,12 +151,7 @@ pub(crate) async fn erase(store: &PgEventStore, stream_id: &StreamId) -> Result<
     sqlx::query(&format!(
         "UPDATE {s}.commands SET payload = NULL, \
              error = CASE WHEN error IS NULL THEN NULL ELSE $2 END, \
-             metadata = jsonb_strip_nulls(jsonb_build_object( \
-                 'correlation_id', metadata->'correlation_id', \
-                 'causation_id', metadata->'causation_id', \
-                 'command_id', metadata->'command_id', \
-                 'timestamp', metadata->'timestamp', \
-                 'erased_at', to_jsonb(now()))) \
+             metadata = {ERASED_METADATA} \
          WHERE stream_id = $1"
     ))
     .bind(stream_id.as_str())
