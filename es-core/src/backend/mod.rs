@@ -126,4 +126,3 @@ pub struct UnreadableEvent {
 /// A subscription yielding the rows of the global log: see
 /// [`EventStore::subscribe_rows`](crate::EventStore::subscribe_rows).
 pub type LogStream = BoxStream<'static, Result<LogItem, StoreError>>;
-

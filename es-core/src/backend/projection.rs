@@ -144,4 +144,3 @@ pub trait ProjectionTarget<P: Projection>: Send {
         async move { self.park(projection, &placeholder, &error, from).await }
     }
 }
-

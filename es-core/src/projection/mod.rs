@@ -382,4 +382,3 @@ impl ProjectionHandle {
         self.task.is_finished()
     }
 }
-

@@ -373,4 +373,3 @@ impl From<StoreError> for StoreOrReason {
         StoreOrReason::Store(e)
     }
 }
-
