@@ -3,6 +3,9 @@
 //! command runtime ([`Repository`]) from `es-core`, and, with the default
 //! `memory` feature, the in-memory store as [`memory`]; with the `postgres`
 //! feature, the PostgreSQL store as `postgres` (`es::postgres::PgEventStore`).
+//!
+//! `use es::prelude::*;` brings what the README's snippets use; store
+//! authors find their helpers in [`backend`].
 
 #![warn(missing_docs)]
 

@@ -9,7 +9,9 @@
 //! re-exported here (`Projection` also in [`projection`], beside its
 //! trait), so a user needs one dependency. With the `testing` feature,
 //! [`testing`] adds the given/when/then test kit, a fault-injecting store
-//! wrapper and the store conformance suite.
+//! wrapper and the store conformance suite. What only a store implementer
+//! needs (the input checks, the rows of the log, the projection runner's
+//! target) is in [`backend`].
 //!
 //! ```
 //! use es_core::prelude::*;
