@@ -242,14 +242,14 @@ async fn unclaimed_event_types_match_by_name_and_old_rows_still_decode() {
     for event in &all {
         assert!(event.decode::<Unclaimed>().is_ok(), "{event:?}");
     }
-    let accounts = es::projection::decode_handled::<AccountEvent>(&["Opened"], &all[0]).unwrap();
+    let accounts = es::backend::decode_handled::<AccountEvent>(&["Opened"], &all[0]).unwrap();
     assert_eq!(accounts.len(), 1);
     let loan_as_account =
-        es::projection::decode_handled::<AccountEvent>(&["Opened"], &all[1]).unwrap();
+        es::backend::decode_handled::<AccountEvent>(&["Opened"], &all[1]).unwrap();
     assert!(
         loan_as_account.is_empty(),
         "a loan's event reached an account projection"
     );
-    let unclaimed = es::projection::decode_handled::<Unclaimed>(&["Opened"], &all[1]).unwrap();
+    let unclaimed = es::backend::decode_handled::<Unclaimed>(&["Opened"], &all[1]).unwrap();
     assert_eq!(unclaimed.len(), 1);
 }

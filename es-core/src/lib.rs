@@ -9,7 +9,9 @@
 //! re-exported here (`Projection` also in [`projection`], beside its
 //! trait), so a user needs one dependency. With the `testing` feature,
 //! [`testing`] adds the given/when/then test kit, a fault-injecting store
-//! wrapper and the store conformance suite.
+//! wrapper and the store conformance suite. What only a store implementer
+//! needs (the input checks, the rows of the log, the projection runner's
+//! target) is in [`backend`].
 //!
 //! ```
 //! use es_core::prelude::*;
@@ -62,6 +64,7 @@
 extern crate self as es_core;
 
 mod aggregate;
+pub mod backend;
 mod error;
 mod event;
 pub mod limits;
@@ -79,28 +82,45 @@ pub mod testing;
 pub use aggregate::{Aggregate, Command, RoutedCommand};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, EncodeError, StoreError};
 pub use event::{AggregateEvent, Event, NewEvent, Payload, RecordedEvent};
-pub use limits::{
-    check_stream_id, MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
-    MAX_STREAM_ID_BYTES,
-};
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Journal, Loaded, Repository, RetryPolicy, Snapshots};
 pub use store::{
-    check_appends, check_events, CommandRecord, EventStore, EventStream, JournalEntry,
-    JournalOutcome, Snapshot, StreamAppend,
+    CommandRecord, EventStore, EventStream, JournalEntry, JournalOutcome, Snapshot, StreamAppend,
 };
-pub use store::{LogItem, LogStream, UnreadableEvent};
 pub use version::{ExpectedVersion, StreamId};
 
 pub use es_macros::{Aggregate, Command, Event, Projection};
 
-/// Everything a user of the framework usually needs, in one import.
+// The former root paths of what store authors use, now in [`backend`]:
+// kept, hidden, for es-postgres' `lib.rs` (being split elsewhere) until it
+// names them by `backend::`; remove them then.
+#[doc(hidden)]
+pub use backend::{
+    check_appends, check_events, check_stream_id, LogItem, LogStream, UnreadableEvent,
+    MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
+    MAX_STREAM_ID_BYTES,
+};
+
+/// Everything a user of the framework usually needs, in one import: what
+/// the README's snippets use (the model and its derives, the runtime,
+/// projections, views, upcasting).
 pub mod prelude {
+    pub use crate::projection::{HandlerError, Projection, ProjectionOptions};
+    pub use crate::upcast::OldEvent;
+    pub use crate::view::{View, ViewStore};
     pub use crate::{
-        Aggregate, AggregateEvent, Command, CommandContext, CommandError, CommandOutcome, Event,
-        EventStore, ExpectedVersion, Journal, Metadata, NewEvent, RecordedEvent, Repository,
+        Aggregate, AggregateEvent, AsOf, Command, CommandContext, CommandError, CommandOutcome,
+        Event, EventStore, ExpectedVersion, Journal, Metadata, NewEvent, RecordedEvent, Repository,
         RoutedCommand, Snapshots, StoreError, StreamAppend, StreamId,
     };
+}
+
+/// Not public API: what the facade `es` re-exports when this crate's
+/// features have it (the facade cannot test a dependency's feature).
+#[doc(hidden)]
+pub mod __features {
+    #[cfg(feature = "testing")]
+    pub use crate::{conformance_suite, testing};
 }
 
 /// Not public API: the paths the derive macros expand to.

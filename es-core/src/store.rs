@@ -12,6 +12,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use uuid::Uuid;
 
+use crate::backend::{LogItem, LogStream};
+
 use crate::error::StoreError;
 use crate::event::{NewEvent, Payload, RecordedEvent};
 use crate::metadata::Metadata;
@@ -96,67 +98,6 @@ impl StreamAppend {
             events,
         }
     }
-}
-
-/// Checks one append before it reaches a store: the stream id and every
-/// event within the limits of [`crate::limits`], and an event id once.
-/// Stores call it, so every store refuses the same shapes.
-pub fn check_events(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
-    check_metadata(stream_id, events)?;
-    crate::limits::check_append(stream_id, events)?;
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
-    match events.iter().find(|e| !seen.insert(e.event_id)) {
-        Some(dup) => Err(StoreError::InvalidAppend {
-            stream_id: stream_id.clone(),
-            reason: format!("event id {} appears twice in one append", dup.event_id),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Refuses user metadata keys that take a known field's name: stored beside
-/// the known fields in one JSON object, they would be stored twice (no
-/// longer decodable on PostgreSQL) or read back as that field.
-fn check_metadata(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
-    match events
-        .iter()
-        .find_map(|e| e.metadata.reserved_user_key().map(|key| (e, key)))
-    {
-        Some((event, key)) => Err(StoreError::InvalidAppend {
-            stream_id: stream_id.clone(),
-            reason: format!(
-                "event {}: the metadata user key `{key}` is reserved for the field of that \
-                 name; choose another key",
-                event.event_id
-            ),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Checks an atomic append before it reaches a store: each stream's part
-/// as [`check_events`] does, a stream once, an event id once across all
-/// streams.
-pub fn check_appends(appends: &[StreamAppend]) -> Result<(), StoreError> {
-    let mut streams = std::collections::HashSet::with_capacity(appends.len());
-    let mut ids = std::collections::HashSet::new();
-    for write in appends {
-        crate::limits::check_append(&write.stream_id, &write.events)?;
-        if !streams.insert(&write.stream_id) {
-            return Err(StoreError::InvalidAppend {
-                stream_id: write.stream_id.clone(),
-                reason: "the stream appears twice in one atomic append".into(),
-            });
-        }
-        check_metadata(&write.stream_id, &write.events)?;
-        if let Some(dup) = write.events.iter().find(|e| !ids.insert(e.event_id)) {
-            return Err(StoreError::InvalidAppend {
-                stream_id: write.stream_id.clone(),
-                reason: format!("event id {} appears twice in one append", dup.event_id),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// A stored snapshot of an aggregate's state at a stream version.
@@ -434,40 +375,6 @@ pub trait EventStore: Clone + Send + Sync + 'static {
             .boxed()
     }
 }
-
-/// One row of the global log, as [`EventStore::subscribe_rows`] yields it.
-#[derive(Debug)]
-pub enum LogItem {
-    /// An event.
-    Event(RecordedEvent),
-    /// A row that cannot be read.
-    Unreadable(UnreadableEvent),
-}
-
-/// A stored row of the global log that cannot be read back (bad metadata,
-/// impossible values): where it is, what of it could be read, and why the
-/// rest cannot.
-#[derive(Debug)]
-pub struct UnreadableEvent {
-    /// Its global position.
-    pub global_position: u64,
-    /// Its stream.
-    pub stream_id: StreamId,
-    /// Its version there.
-    pub stream_version: u64,
-    /// Its event id, if that could be read.
-    pub event_id: Option<Uuid>,
-    /// Its stored type name, if that could be read.
-    pub event_type: Option<String>,
-    /// Its schema version, if that could be read.
-    pub schema_version: Option<u32>,
-    /// Why it cannot be read (usually [`StoreError::Corrupt`]).
-    pub error: StoreError,
-}
-
-/// A subscription yielding the rows of the global log: see
-/// [`EventStore::subscribe_rows`].
-pub type LogStream = BoxStream<'static, Result<LogItem, StoreError>>;
 
 /// Pages through reads until one returns fewer than a full page.
 fn paged<F, Fut>(from: u64, read: F) -> EventStream

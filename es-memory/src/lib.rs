@@ -159,7 +159,7 @@ impl MemoryStore {
         writes: Vec<StreamAppend>,
         command: Option<&CommandRecord>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        es_core::check_appends(&writes)?;
+        es_core::backend::check_appends(&writes)?;
 
         let mut log = self.write();
         // Check every stream before writing any.
@@ -430,7 +430,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
-        es_core::check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         let log = self.read();
         let indices = log.journals.get(stream_id).map_or(&[][..], Vec::as_slice);
         Ok(indices.iter().map(|&i| log.journal[i].clone()).collect())
@@ -457,13 +457,13 @@ impl EventStore for MemoryStore {
     }
 
     async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
-        es_core::check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         self.write().closed.insert(stream_id.clone());
         Ok(())
     }
 
     async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        es_core::check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         let mut log = self.write();
         log.closed.insert(stream_id.clone());
         let indices = log.streams.get(stream_id).cloned().unwrap_or_default();
@@ -492,7 +492,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        es_core::check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         Ok(self.read().snapshots.get(stream_id).cloned())
     }
 
@@ -519,7 +519,7 @@ impl EventStore for MemoryStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        es_core::check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         let log = self.read();
         let Some(indices) = log.streams.get(stream_id) else {
             return Ok(Vec::new());
@@ -543,7 +543,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        es_core::check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         Ok(self.read().streams.get(stream_id).map_or(0, Vec::len) as u64)
     }
 

@@ -7,9 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use es_core::projection::{
-    run_projection, BatchError, Projection, ProjectionHandle, ProjectionOptions, ProjectionTarget,
-};
+use es_core::backend::{BatchError, ProjectionTarget};
+use es_core::projection::{run_projection, Projection, ProjectionHandle, ProjectionOptions};
 use es_core::{Payload, RecordedEvent, StoreError};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};

@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use es_core::{EventStream, LogItem, LogStream, RecordedEvent, StoreError, UnreadableEvent};
+use es_core::backend::{LogItem, LogStream, UnreadableEvent};
+use es_core::{EventStream, RecordedEvent, StoreError};
 use futures::{FutureExt, StreamExt};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;

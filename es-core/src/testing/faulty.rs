@@ -3,11 +3,10 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::backend::{LogItem, LogStream, UnreadableEvent};
 use crate::error::StoreError;
 use crate::event::{NewEvent, RecordedEvent};
-use crate::store::{
-    EventStore, EventStream, LogItem, LogStream, Snapshot, StreamAppend, UnreadableEvent,
-};
+use crate::store::{EventStore, EventStream, Snapshot, StreamAppend};
 use crate::version::{ExpectedVersion, StreamId};
 
 /// Wraps a store and injects faults on request: fail the next append before

@@ -1,0 +1,146 @@
+//! What a store gives the projection runner ([`ProjectionTarget`]): where
+//! the checkpoint lives, what a transaction is, and who may run; and what
+//! it needs to feed a projection ([`decode_handled`]).
+
+use std::future::Future;
+
+use crate::error::StoreError;
+use crate::event::{Event, Payload, RecordedEvent};
+use crate::projection::{HandlerError, Projection};
+
+use super::UnreadableEvent;
+
+/// Decodes what a projection handling the stored types `handles` wants of
+/// one event of the global log, without decoding what it does not:
+///
+/// - an erased event, an event from a stream of another aggregate than the
+///   one that claims `E` ([`Event::aggregate_type`]), or a current event of
+///   a type it does not handle: nothing, undecoded;
+/// - a current event of a handled type: that event;
+/// - an older schema version, or a name the event type no longer has: the
+///   upcasted events of handled types (a former name of another aggregate's
+///   event, that no upcaster knows, is nothing).
+pub fn decode_handled<E: Event>(
+    handles: &[&str],
+    event: &RecordedEvent,
+) -> Result<Vec<RecordedEvent<E>>, crate::DecodeError> {
+    if event.metadata.erased_at.is_some() {
+        return Ok(Vec::new());
+    }
+    // An event type an aggregate claims comes from that aggregate's streams
+    // only: another aggregate's `Opened` is not this one's.
+    if let Some(owner) = E::aggregate_type() {
+        if event.stream_id.aggregate_type() != Some(owner) {
+            return Ok(Vec::new());
+        }
+    }
+    let current = E::current_version(&event.event_type);
+    let known = current.is_some() || E::EVENT_TYPES.contains(&&*event.event_type);
+    let is_current = current.is_none_or(|v| v == event.schema_version);
+    if known && is_current && !handles.contains(&&*event.event_type) {
+        return Ok(Vec::new());
+    }
+    match event.decode_all::<E>() {
+        Ok(events) => Ok(events
+            .into_iter()
+            .filter(|e| handles.contains(&e.data.event_type()))
+            .collect()),
+        Err(error) => match &error.kind {
+            crate::DecodeErrorKind::MissingUpcaster {
+                event_type,
+                current: None,
+                ..
+            } if !known && *event_type == *event.event_type => Ok(Vec::new()),
+            crate::DecodeErrorKind::UnknownEventType { .. } if !known => Ok(Vec::new()),
+            _ => Err(error),
+        },
+    }
+}
+
+/// Why a batch was not applied.
+#[derive(Debug)]
+pub enum BatchError {
+    /// A handler failed at the event with this index in the batch; nothing
+    /// of the batch is kept.
+    Handler {
+        /// The index of the failing event in the batch.
+        index: usize,
+        /// The handler's error.
+        error: HandlerError,
+    },
+    /// Another instance moved the checkpoint: this one is no longer the
+    /// active one and must start over.
+    FencedOut,
+    /// The store failed; nothing of the batch is kept.
+    Store(StoreError),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(e: StoreError) -> Self {
+        BatchError::Store(e)
+    }
+}
+
+/// What a store gives the runner: the checkpoint, atomic batches, parking,
+/// and who may run.
+pub trait ProjectionTarget<P: Projection>: Send {
+    /// Waits until this instance is the one active instance of the
+    /// projection (a lease or lock), or returns at once where only one can
+    /// exist.
+    fn acquire(&mut self, projection: &P) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The stored checkpoint (0 before the first event).
+    fn checkpoint(
+        &mut self,
+        projection: &P,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Applies the handled events of a batch and moves the checkpoint from
+    /// `from` to `to`, all or nothing.
+    fn apply_batch(
+        &mut self,
+        projection: &P,
+        events: &[RecordedEvent<P::Event>],
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send;
+
+    /// Stores `event` as parked with `error` and moves the checkpoint from
+    /// `from` past it, all or nothing.
+    fn park(
+        &mut self,
+        projection: &P,
+        event: &RecordedEvent<Payload>,
+        error: &str,
+        from: u64,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send;
+
+    /// Stores a row of the log that cannot be read as parked with `error`
+    /// and moves the checkpoint from `from` past it, all or nothing.
+    ///
+    /// The default parks, through [`ProjectionTarget::park`], an event made
+    /// of what is known of the row: its position, stream and version, its
+    /// id, type and schema version where they could be read (else the nil
+    /// id, an empty type, version 0), a `null` payload and fresh metadata.
+    fn park_unreadable(
+        &mut self,
+        projection: &P,
+        row: &UnreadableEvent,
+        error: &str,
+        from: u64,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
+        let placeholder = RecordedEvent {
+            event_id: row.event_id.unwrap_or_default(),
+            stream_id: row.stream_id.clone(),
+            stream_version: row.stream_version,
+            global_position: row.global_position,
+            event_type: row.event_type.clone().unwrap_or_default().into(),
+            schema_version: row.schema_version.unwrap_or_default(),
+            data: Payload::from_value(&serde_json::Value::Null),
+            metadata: crate::Metadata::new(),
+            recorded_at: chrono::Utc::now(),
+        };
+        let error = error.to_owned();
+        async move { self.park(projection, &placeholder, &error, from).await }
+    }
+}
