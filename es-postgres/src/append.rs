@@ -28,7 +28,7 @@ use crate::{group, PgEventStore};
 /// concurrent append stored one of its ids: only outside a transaction,
 /// where a failed statement aborts nothing else.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
+enum Retry {
     /// The statement runs in an implicit transaction of its own.
     Alone,
     /// The statement runs inside a transaction.

@@ -132,7 +132,8 @@
 //!
 //! # Subscriptions
 //!
-//! [`EventStore::subscribe`] reads pages of the global log, then waits for a
+//! [`EventStore::subscribe`](es_core::EventStore::subscribe) reads pages
+//! of the global log, then waits for a
 //! NOTIFY on the schema's channel (sent by every append at commit) or the
 //! poll interval, whichever is first. It holds at most one page per
 //! subscriber: 512 events or about 8 MiB of payloads and metadata,

@@ -208,8 +208,8 @@ pub(crate) struct Queries {
     pub max_position: String,
 }
 
-#[allow(missing_docs)]
 impl Queries {
+    /// Builds every statement for `schema`.
     pub(crate) fn new(schema: &SchemaName) -> Self {
         let s = schema.quoted();
         let columns = EVENT_COLUMNS;
