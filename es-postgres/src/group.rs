@@ -10,7 +10,9 @@ use es_core::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamId};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::{append_refusal, expected_arg, unavailable_or_backend, Inner, PgEventStore};
+use crate::append::expected_arg;
+use crate::error::{append_refusal, unavailable_or_backend};
+use crate::{Inner, PgEventStore};
 
 /// Most appends in one batch: each takes a subtransaction, and more than 64
 /// in one transaction would overflow PostgreSQL's per-backend subxid cache
@@ -34,6 +36,36 @@ pub(crate) struct Pending {
     pub described: serde_json::Value,
     pub bytes: usize,
     pub reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
+}
+
+/// Appends through the queue (the append checked, small enough, without
+/// a command record or inline projections); the committer that commits it
+/// runs the after-commit step before it answers.
+pub(crate) async fn append(
+    queue: &mpsc::Sender<Pending>,
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    // Described here, so a bad append fails alone, before it joins a
+    // batch, with the error the direct path gives.
+    let (described, bytes) = describe(stream_id, expected, &events)?;
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending {
+        stream_id: stream_id.clone(),
+        expected,
+        events,
+        described,
+        bytes,
+        reply,
+    };
+    queue
+        .send(pending)
+        .await
+        .map_err(|_| StoreError::unavailable("the group-commit queue is closed"))?;
+    answer
+        .await
+        .map_err(|_| StoreError::unavailable("the group committer stopped before answering"))?
 }
 
 /// Starts `committers` tasks that drain the queue; returns its sender.
@@ -115,17 +147,13 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
         Ok(text) => text,
         Err(error) => {
             tracing::error!(%error, "cannot write a group-commit batch; appending alone");
-            return append_alone(&store, batch).await;
+            return each_alone(&store, batch).await;
         }
     };
-    let result = sqlx::query(&format!(
-        "SELECT out_index, out_position, out_version, out_recorded_at, out_code, out_detail, \
-                out_message FROM \"{}\".append_batch($1::jsonb)",
-        store.schema()
-    ))
-    .bind(text)
-    .fetch_all(store.pool())
-    .await;
+    let result = sqlx::query(&store.inner.queries.append_batch)
+        .bind(text)
+        .fetch_all(store.pool())
+        .await;
     let rows = match result {
         Ok(rows) => rows,
         Err(error) => {
@@ -145,7 +173,7 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
                 // outcome (a re-sent append that did commit returns its
                 // stored events).
                 tracing::warn!(%error, "a group-commit batch failed; appending each alone");
-                append_alone(&store, batch).await;
+                each_alone(&store, batch).await;
             }
             return;
         }
@@ -215,7 +243,8 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
                         metadata: e.metadata,
                         recorded_at,
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                store.after_commit(&recorded);
                 let _ = pending.reply.send(Ok(recorded));
             }
             // The batch committed, but what became of this append cannot
@@ -225,14 +254,15 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
             None => alone.push(pending),
         }
     }
-    append_alone(&store, alone).await;
+    each_alone(&store, alone).await;
 }
 
-/// Sends each append on its own and answers its caller.
-async fn append_alone(store: &PgEventStore, appends: Vec<Pending>) {
+/// Sends each append on its own (with its after-commit step) and answers
+/// its caller.
+async fn each_alone(store: &PgEventStore, appends: Vec<Pending>) {
     for pending in appends {
         let result = store
-            .append_direct(&pending.stream_id, pending.expected, pending.events)
+            .append_alone(&pending.stream_id, pending.expected, pending.events, None)
             .await;
         let _ = pending.reply.send(result);
     }

@@ -7,10 +7,8 @@ use es_core::{
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::Row;
 
-use crate::{unavailable_or_backend, PgEventStore};
-
-const COLUMNS: &str = "command_id, command_type, payload::text, metadata::text, stream_id, \
-                       outcome, first_version, last_version, error, recorded_at";
+use crate::error::unavailable_or_backend;
+use crate::PgEventStore;
 
 fn entry(row: &PgRow) -> Result<JournalEntry, StoreError> {
     let stream_id: String = row.try_get(4).map_err(unavailable_or_backend)?;
@@ -58,21 +56,16 @@ pub(crate) async fn record_rejected(
 ) -> Result<(), StoreError> {
     let metadata =
         serde_json::to_string(&command.metadata).map_err(|e| StoreError::Backend(Box::new(e)))?;
-    sqlx::query(&format!(
-        "INSERT INTO \"{}\".commands \
-         (command_id, command_type, stream_id, outcome, error, payload, metadata) \
-         VALUES ($1, $2, $3, 'rejected', $4, $5::jsonb, $6::jsonb)",
-        store.schema()
-    ))
-    .bind(command.command_id)
-    .bind(&command.command_type)
-    .bind(stream_id.as_str())
-    .bind(error)
-    .bind(command.payload.as_ref().map(Payload::as_str))
-    .bind(metadata)
-    .execute(store.pool())
-    .await
-    .map_err(unavailable_or_backend)?;
+    sqlx::query(&store.inner.queries.record_rejected)
+        .bind(command.command_id)
+        .bind(&command.command_type)
+        .bind(stream_id.as_str())
+        .bind(error)
+        .bind(command.payload.as_ref().map(Payload::as_str))
+        .bind(metadata)
+        .execute(store.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
     Ok(())
 }
 
@@ -80,15 +73,11 @@ pub(crate) async fn find(
     store: &PgEventStore,
     command_id: uuid::Uuid,
 ) -> Result<Option<JournalEntry>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM \"{}\".commands WHERE command_id = $1 \
-         ORDER BY (outcome = 'accepted') DESC, seq DESC LIMIT 1",
-        store.schema()
-    ))
-    .bind(command_id)
-    .fetch_optional(store.pool())
-    .await
-    .map_err(unavailable_or_backend)?;
+    let row = sqlx::query(&store.inner.queries.find_command)
+        .bind(command_id)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
     row.as_ref().map(entry).transpose()
 }
 
@@ -96,14 +85,11 @@ pub(crate) async fn of_stream(
     store: &PgEventStore,
     stream_id: &StreamId,
 ) -> Result<Vec<JournalEntry>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM \"{}\".commands WHERE stream_id = $1 ORDER BY seq",
-        store.schema()
-    ))
-    .bind(stream_id.as_str())
-    .fetch_all(store.pool())
-    .await
-    .map_err(unavailable_or_backend)?;
+    let rows = sqlx::query(&store.inner.queries.command_journal)
+        .bind(stream_id.as_str())
+        .fetch_all(store.pool())
+        .await
+        .map_err(unavailable_or_backend)?;
     rows.iter().map(entry).collect()
 }
 
@@ -112,63 +98,40 @@ pub(crate) async fn close(
     stream_id: &StreamId,
     conn: &mut PgConnection,
 ) -> Result<(), StoreError> {
-    sqlx::query(&format!(
-        "INSERT INTO \"{}\".streams AS s (stream_id, version, closed) VALUES ($1, 0, true) \
-         ON CONFLICT (stream_id) DO UPDATE SET closed = true",
-        store.schema()
-    ))
-    .bind(stream_id.as_str())
-    .execute(conn)
-    .await
-    .map_err(unavailable_or_backend)?;
+    sqlx::query(&store.inner.queries.close_stream)
+        .bind(stream_id.as_str())
+        .execute(conn)
+        .await
+        .map_err(unavailable_or_backend)?;
     Ok(())
 }
-
-/// An erased row's metadata: what is not personal (ids, timestamp), and
-/// when it was erased.
-const ERASED_METADATA: &str = "jsonb_strip_nulls(jsonb_build_object( \
-     'correlation_id', metadata->'correlation_id', \
-     'causation_id', metadata->'causation_id', \
-     'command_id', metadata->'command_id', \
-     'timestamp', metadata->'timestamp', \
-     'erased_at', to_jsonb(now())))";
 
 /// Closes the stream, then replaces payloads with `{}` and keeps only the
 /// metadata that is not personal (ids, timestamp), stamping `erased_at`.
 pub(crate) async fn erase(store: &PgEventStore, stream_id: &StreamId) -> Result<u64, StoreError> {
-    let s = format!("\"{}\"", store.schema());
+    let q = &store.inner.queries;
     let mut tx = store.pool().begin().await.map_err(unavailable_or_backend)?;
     close(store, stream_id, &mut tx).await?;
-    let erased = sqlx::query(&format!(
-        "UPDATE {s}.events SET payload = '{{}}'::jsonb, metadata = {ERASED_METADATA} \
-         WHERE stream_id = $1"
-    ))
-    .bind(stream_id.as_str())
-    .execute(&mut *tx)
-    .await
-    .map_err(unavailable_or_backend)?;
+    let erased = sqlx::query(&q.erase_events)
+        .bind(stream_id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
     // Commands carry personal data too.
-    sqlx::query(&format!(
-        "UPDATE {s}.commands SET payload = NULL, \
-             error = CASE WHEN error IS NULL THEN NULL ELSE $2 END, \
-             metadata = {ERASED_METADATA} \
-         WHERE stream_id = $1"
-    ))
-    .bind(stream_id.as_str())
-    .bind(JournalOutcome::ERASED_ERROR)
-    .execute(&mut *tx)
-    .await
-    .map_err(unavailable_or_backend)?;
+    sqlx::query(&q.erase_commands)
+        .bind(stream_id.as_str())
+        .bind(JournalOutcome::ERASED_ERROR)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
     // A parked event's error text may quote the event's data.
-    sqlx::query(&format!(
-        "UPDATE {s}.parked_events SET error = $2 WHERE stream_id = $1"
-    ))
-    .bind(stream_id.as_str())
-    .bind(JournalOutcome::ERASED_ERROR)
-    .execute(&mut *tx)
-    .await
-    .map_err(unavailable_or_backend)?;
-    sqlx::query(&format!("DELETE FROM {s}.snapshots WHERE stream_id = $1"))
+    sqlx::query(&q.erase_parked)
+        .bind(stream_id.as_str())
+        .bind(JournalOutcome::ERASED_ERROR)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable_or_backend)?;
+    sqlx::query(&q.erase_snapshot)
         .bind(stream_id.as_str())
         .execute(&mut *tx)
         .await

@@ -48,7 +48,7 @@ async fn run(pool: PgPool, channel: String, wake: Arc<Notify>) {
         let Some(c) = conn.as_mut() else {
             continue; // subscribers poll meanwhile; the next append tries again
         };
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(error) = sqlx::query(crate::queries::NOTIFY)
             .bind(&channel)
             .execute(&mut *c)
             .await

@@ -13,7 +13,9 @@ use es_core::{Payload, RecordedEvent, StoreError};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-use crate::{is_transient, unavailable_or_backend, PgEventStore};
+use crate::error::{is_transient, unavailable_or_backend};
+use crate::queries::TRY_ADVISORY_LOCK;
+use crate::PgEventStore;
 
 /// How far a projection is behind the head of the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,54 +32,6 @@ pub struct ProjectionProgress {
     pub events_per_second: f64,
     /// Events the runner processed so far.
     pub processed: u64,
-}
-
-/// Why a rebuild did not switch over.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RebuildError {
-    /// The projection stopped or failed before it caught up; nothing was
-    /// switched.
-    #[error("the rebuild of `{name}` stopped before it caught up: {state:?}")]
-    Stopped {
-        /// The projection.
-        name: String,
-        /// Its state.
-        state: es_core::projection::ProjectionState,
-    },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The switch-over statements failed; the old read model still serves.
-    #[error("the switch-over of `{name}` failed: {source}")]
-    Switch {
-        /// The projection.
-        name: String,
-        /// The database's error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The name already has a checkpoint past zero: a projection of that
-    /// name has written its read model, and replaying the log from zero
-    /// would apply every event to it again. Nothing was changed. Rebuild
-    /// under a new name into new tables, or call
-    /// [`PgEventStore::force_rebuild_projection`] after emptying the
-    /// tables.
-    #[error("projection `{name}` already has a checkpoint at position {position}: rebuilding it under that name would replay the log into its tables again (rebuild under a new name, or empty its tables and force the rebuild)")]
-    CheckpointExists {
-        /// The projection.
-        name: String,
-        /// Its checkpoint.
-        position: u64,
-    },
-    /// An instance of a projection of that name is running (it holds the
-    /// projection's lock): it must stop before a rebuild under its name,
-    /// forced or not. Nothing was changed.
-    #[error("projection `{name}` is running: stop it before rebuilding under its name")]
-    Running {
-        /// The projection.
-        name: String,
-    },
 }
 
 /// A parked event, as stored in `parked_events`.
@@ -143,14 +97,11 @@ impl PgEventStore {
 
     /// The checkpoint of a projection (0 if it never ran).
     pub async fn projection_position(&self, name: &str) -> Result<u64, StoreError> {
-        let position: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT position FROM \"{}\".projections WHERE name = $1",
-            self.schema()
-        ))
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
+        let position: Option<i64> = sqlx::query_scalar(&self.inner.queries.projection_position)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(unavailable_or_backend)?;
         Ok(position.unwrap_or(0) as u64)
     }
 
@@ -187,15 +138,11 @@ impl PgEventStore {
     /// How far a projection is behind the head of the log.
     pub async fn projection_progress(&self, name: &str) -> Result<ProjectionProgress, StoreError> {
         let position = self.projection_position(name).await?;
-        let row = sqlx::query(&format!(
-            "SELECT coalesce(max(e.position), 0), count(e.position) FROM \"{s}\".events e \
-             WHERE e.position > $1 AND e.position < \"{s}\".readable_bound()",
-            s = self.schema()
-        ))
-        .bind(position as i64)
-        .fetch_one(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
+        let row = sqlx::query(&self.inner.queries.projection_progress)
+            .bind(position as i64)
+            .fetch_one(self.pool())
+            .await
+            .map_err(unavailable_or_backend)?;
         let head: i64 = row.try_get(0).map_err(unavailable_or_backend)?;
         let behind: i64 = row.try_get(1).map_err(unavailable_or_backend)?;
         Ok(ProjectionProgress {
@@ -208,188 +155,13 @@ impl PgEventStore {
         })
     }
 
-    /// Rebuilds a read model from position zero while the old one keeps
-    /// serving queries: runs `projection` (a new name, writing into new
-    /// tables the caller created) from the start of the log, reports
-    /// progress every 200 ms, and once it has caught up with the head runs
-    /// `switch_sql` in one transaction — typically `CREATE OR REPLACE VIEW
-    /// accounts AS SELECT * FROM accounts_v2`, so queries read the new
-    /// tables from that commit on. Returns the new projection, running
-    /// live; stop the old one afterwards.
-    ///
-    /// A name that already has a checkpoint past zero is refused with
-    /// [`RebuildError::CheckpointExists`] (a live projection's name, passed
-    /// by mistake, would get the whole log replayed into its tables), and a
-    /// name whose projection is running with [`RebuildError::Running`];
-    /// nothing is changed then.
-    pub async fn rebuild_projection<P>(
-        &self,
-        projection: P,
-        options: ProjectionOptions,
-        switch_sql: &str,
-        on_progress: impl FnMut(&ProjectionProgress),
-    ) -> Result<ProjectionHandle, RebuildError>
-    where
-        P: Projection<Sink = PgConnection>,
-    {
-        self.rebuild(projection, options, switch_sql, on_progress, false)
-            .await
-    }
-
-    /// [`PgEventStore::rebuild_projection`] under a name that already has a
-    /// checkpoint: drops its checkpoint and its parked events and replays
-    /// the log from zero into its tables, which the caller has emptied (or
-    /// whose handlers overwrite). Still refused with
-    /// [`RebuildError::Running`] while a projection of that name runs.
-    pub async fn force_rebuild_projection<P>(
-        &self,
-        projection: P,
-        options: ProjectionOptions,
-        switch_sql: &str,
-        on_progress: impl FnMut(&ProjectionProgress),
-    ) -> Result<ProjectionHandle, RebuildError>
-    where
-        P: Projection<Sink = PgConnection>,
-    {
-        self.rebuild(projection, options, switch_sql, on_progress, true)
-            .await
-    }
-
-    async fn rebuild<P>(
-        &self,
-        projection: P,
-        options: ProjectionOptions,
-        switch_sql: &str,
-        mut on_progress: impl FnMut(&ProjectionProgress),
-        force: bool,
-    ) -> Result<ProjectionHandle, RebuildError>
-    where
-        P: Projection<Sink = PgConnection>,
-    {
-        let name = projection.name().to_owned();
-        self.reset_for_rebuild(&name, force).await?;
-        let handle = self.run_projection(projection, options);
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let status = handle.status();
-            if matches!(
-                status.state,
-                es_core::projection::ProjectionState::Failed(_)
-                    | es_core::projection::ProjectionState::Stopped
-            ) {
-                return Err(RebuildError::Stopped {
-                    name,
-                    state: status.state,
-                });
-            }
-            let mut progress = self.projection_progress(&name).await?;
-            let caught_up = progress.behind == 0
-                && status.state == es_core::projection::ProjectionState::Running;
-            let status = if caught_up {
-                // The checkpoint commits before the runner counts the batch:
-                // let its status catch up, so the last report is complete.
-                let _ = handle
-                    .wait_for(progress.position, Duration::from_secs(10))
-                    .await;
-                handle.status()
-            } else {
-                status
-            };
-            progress.events_per_second = status.events_per_second;
-            progress.processed = status.processed;
-            on_progress(&progress);
-            if caught_up {
-                break;
-            }
-        }
-        let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
-        sqlx::raw_sql(switch_sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|source| RebuildError::Switch {
-                name: name.clone(),
-                source,
-            })?;
-        tx.commit().await.map_err(unavailable_or_backend)?;
-        Ok(handle)
-    }
-
-    /// Checks that no projection of this name runs (holding its lock
-    /// while checking) and that it has no checkpoint past zero unless
-    /// `force`; then drops its checkpoint (and, forced, its parked events).
-    async fn reset_for_rebuild(&self, name: &str, force: bool) -> Result<(), RebuildError> {
-        let s = self.schema();
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(unavailable_or_backend)?;
-        let key = format!("es-projection {s} {name}");
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(&key)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(unavailable_or_backend)?;
-        if !locked {
-            return Err(RebuildError::Running {
-                name: name.to_owned(),
-            });
-        }
-        let reset = async {
-            let mut tx = conn.begin().await?;
-            let position: Option<i64> = sqlx::query_scalar(&format!(
-                "DELETE FROM \"{s}\".projections WHERE name = $1 RETURNING position"
-            ))
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let position = position.unwrap_or(0) as u64;
-            if position > 0 && !force {
-                // Dropping the transaction rolls the DELETE back.
-                return Ok(Some(position));
-            }
-            if force {
-                sqlx::query(&format!(
-                    "DELETE FROM \"{s}\".parked_events WHERE projection = $1"
-                ))
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(None)
-        }
-        .await;
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(&key)
-            .execute(&mut *conn)
-            .await;
-        if unlocked.is_err() {
-            // A connection that may still hold the lock must not go back
-            // to the pool.
-            conn.detach();
-        }
-        match reset.map_err(unavailable_or_backend)? {
-            Some(position) => Err(RebuildError::CheckpointExists {
-                name: name.to_owned(),
-                position,
-            }),
-            None => Ok(()),
-        }
-    }
-
     /// The parked events of a projection, in log order.
     pub async fn parked_events(&self, projection: &str) -> Result<Vec<ParkedRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT position, event_id, stream_id, stream_version, event_type, error \
-             FROM \"{}\".parked_events WHERE projection = $1 ORDER BY position",
-            self.schema()
-        ))
-        .bind(projection)
-        .fetch_all(self.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
+        let rows = sqlx::query(&self.inner.queries.parked_events)
+            .bind(projection)
+            .fetch_all(self.pool())
+            .await
+            .map_err(unavailable_or_backend)?;
         rows.iter()
             .map(|r| {
                 Ok(ParkedRow {
@@ -418,32 +190,24 @@ impl PgEventStore {
         P: Projection<Sink = PgConnection>,
     {
         let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
-        let removed = sqlx::query(&format!(
-            "DELETE FROM \"{}\".parked_events WHERE projection = $1 AND position = $2",
-            self.schema()
-        ))
-        .bind(projection.name())
-        .bind(position as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable_or_backend)?;
+        let removed = sqlx::query(&self.inner.queries.delete_parked)
+            .bind(projection.name())
+            .bind(position as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable_or_backend)?;
         if removed.rows_affected() != 1 {
             return Ok(false);
         }
-        let row = sqlx::query(&format!(
-            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
-                    e.schema_version, e.payload::text, e.metadata::text, e.recorded_at \
-             FROM \"{}\".events e WHERE e.position = $1",
-            self.schema()
-        ))
-        .bind(position as i64)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable_or_backend)?;
+        let row = sqlx::query(&self.inner.queries.read_event_at)
+            .bind(position as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable_or_backend)?;
         let Some(row) = row else {
             return Ok(false);
         };
-        let raw = crate::recorded_from_row(&row)?;
+        let raw = crate::read::recorded_from_row(&row)?;
         let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         for event in &events {
@@ -457,6 +221,11 @@ impl PgEventStore {
     }
 }
 
+/// The key of a projection's advisory lock (the lock of its instance).
+pub(crate) fn lock_key(store: &PgEventStore, name: &str) -> String {
+    format!("es-projection {} {}", store.schema(), name)
+}
+
 struct PgProjectionTarget {
     store: PgEventStore,
     /// The connection holding the advisory lock: the lease.
@@ -465,14 +234,6 @@ struct PgProjectionTarget {
 }
 
 impl PgProjectionTarget {
-    fn lock_key(&self, name: &str) -> String {
-        format!("es-projection {} {}", self.store.schema(), name)
-    }
-
-    fn schema(&self) -> String {
-        format!("\"{}\"", self.store.schema())
-    }
-
     /// Moves the checkpoint from `from` to `to` in `tx`, only if it is
     /// still at `from`: another instance that moved it fences this one out.
     async fn move_checkpoint(
@@ -482,17 +243,13 @@ impl PgProjectionTarget {
         from: u64,
         to: u64,
     ) -> Result<(), BatchError> {
-        let moved = sqlx::query(&format!(
-            "UPDATE {}.projections SET position = $3, updated_at = now() \
-             WHERE name = $1 AND position = $2",
-            self.schema()
-        ))
-        .bind(name)
-        .bind(from as i64)
-        .bind(to as i64)
-        .execute(tx)
-        .await
-        .map_err(unavailable_or_backend)?;
+        let moved = sqlx::query(&self.store.inner.queries.move_checkpoint)
+            .bind(name)
+            .bind(from as i64)
+            .bind(to as i64)
+            .execute(tx)
+            .await
+            .map_err(unavailable_or_backend)?;
         if moved.rows_affected() != 1 {
             return Err(BatchError::FencedOut);
         }
@@ -525,7 +282,7 @@ where
         if self.still_leader().await {
             return Ok(());
         }
-        let key = self.lock_key(projection.name());
+        let key = lock_key(&self.store, projection.name());
         // One connection tries the lock until it gets it, and then holds it:
         // a standby does not open a connection per attempt.
         let mut conn = self
@@ -536,12 +293,11 @@ where
             .map_err(unavailable_or_backend)?
             .detach();
         loop {
-            let locked: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(&key)
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(unavailable_or_backend)?;
+            let locked: bool = sqlx::query_scalar(TRY_ADVISORY_LOCK)
+                .bind(&key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(unavailable_or_backend)?;
             if locked {
                 self.lock = Some(conn);
                 self.lock_checked = Instant::now();
@@ -552,14 +308,11 @@ where
     }
 
     async fn checkpoint(&mut self, projection: &P) -> Result<u64, StoreError> {
-        let s = self.schema();
-        sqlx::query(&format!(
-            "INSERT INTO {s}.projections (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
-        ))
-        .bind(projection.name())
-        .execute(self.store.pool())
-        .await
-        .map_err(unavailable_or_backend)?;
+        sqlx::query(&self.store.inner.queries.insert_checkpoint)
+            .bind(projection.name())
+            .execute(self.store.pool())
+            .await
+            .map_err(unavailable_or_backend)?;
         self.store.projection_position(projection.name()).await
     }
 
@@ -606,28 +359,23 @@ where
         error: &str,
         from: u64,
     ) -> Result<(), BatchError> {
-        let s = self.schema();
         let mut tx = self
             .store
             .pool()
             .begin()
             .await
             .map_err(unavailable_or_backend)?;
-        sqlx::query(&format!(
-            "INSERT INTO {s}.parked_events \
-             (projection, position, event_id, stream_id, stream_version, event_type, error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
-        ))
-        .bind(projection.name())
-        .bind(event.global_position as i64)
-        .bind(event.event_id)
-        .bind(event.stream_id.as_str())
-        .bind(event.stream_version as i64)
-        .bind(&*event.event_type)
-        .bind(error)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable_or_backend)?;
+        sqlx::query(&self.store.inner.queries.park)
+            .bind(projection.name())
+            .bind(event.global_position as i64)
+            .bind(event.event_id)
+            .bind(event.stream_id.as_str())
+            .bind(event.stream_version as i64)
+            .bind(&*event.event_type)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable_or_backend)?;
         self.move_checkpoint(&mut tx, projection.name(), from, event.global_position)
             .await?;
         tx.commit().await.map_err(unavailable_or_backend)?;
@@ -643,25 +391,19 @@ where
     ) -> Result<(), BatchError> {
         // The row's identity columns read fine (only the rest of it does
         // not): copy them from the events table.
-        let s = self.schema();
         let mut tx = self
             .store
             .pool()
             .begin()
             .await
             .map_err(unavailable_or_backend)?;
-        sqlx::query(&format!(
-            "INSERT INTO {s}.parked_events \
-             (projection, position, event_id, stream_id, stream_version, event_type, error) \
-             SELECT $1, position, event_id, stream_id, stream_version, event_type, $3 \
-             FROM {s}.events WHERE position = $2 ON CONFLICT DO NOTHING"
-        ))
-        .bind(projection.name())
-        .bind(row.global_position as i64)
-        .bind(error)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable_or_backend)?;
+        sqlx::query(&self.store.inner.queries.park_unreadable)
+            .bind(projection.name())
+            .bind(row.global_position as i64)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable_or_backend)?;
         self.move_checkpoint(&mut tx, projection.name(), from, row.global_position)
             .await?;
         tx.commit().await.map_err(unavailable_or_backend)?;

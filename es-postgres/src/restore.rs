@@ -12,6 +12,7 @@
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Connection, Executor};
 
+use crate::queries::{Queries, FIRST_REBASED};
 use crate::setup::SetupError;
 
 /// What [`PgEventStoreBuilder::rebase_after_restore`](crate::PgEventStoreBuilder::rebase_after_restore) did.
@@ -26,29 +27,21 @@ pub struct RebaseReport {
     pub highest_after: u64,
 }
 
-/// The first position given to rebased events: transaction id 1, below
-/// every normal transaction id (they start at 3).
-const FIRST_REBASED: i64 = 1 << 20;
-
 /// The highest stored position (events and checkpoints) and the cluster's
 /// next transaction id.
-async fn positions(conn: &mut PgConnection, schema: &str) -> Result<(i64, i64), sqlx::Error> {
-    let s = format!("\"{schema}\"");
-    sqlx::query_as(&format!(
-        "SELECT greatest((SELECT max(position) FROM {s}.events), \
-                         (SELECT max(position) FROM {s}.projections), 0), \
-                pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-    ))
-    .fetch_one(&mut *conn)
-    .await
+async fn positions(conn: &mut PgConnection, queries: &Queries) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(&queries.stored_positions)
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// Refuses a schema whose positions are above what this cluster's
 /// transaction ids can have produced.
-pub(crate) async fn check(pool: &PgPool, schema: &str) -> Result<(), SetupError> {
+pub(crate) async fn check(pool: &PgPool, queries: &Queries) -> Result<(), SetupError> {
+    let schema = queries.schema.as_str();
     let mut conn = pool.acquire().await.map_err(SetupError::Connect)?;
     let (highest, next_xid) =
-        positions(&mut conn, schema)
+        positions(&mut conn, queries)
             .await
             .map_err(|source| SetupError::Migration {
                 version: 0,
@@ -66,34 +59,28 @@ pub(crate) async fn check(pool: &PgPool, schema: &str) -> Result<(), SetupError>
 }
 
 /// Renumbers the positions of a restored schema, in one transaction.
-pub(crate) async fn rebase(url: &str, schema: &str) -> Result<RebaseReport, SetupError> {
+pub(crate) async fn rebase(url: &str, queries: &Queries) -> Result<RebaseReport, SetupError> {
     let mut conn = PgConnection::connect(url)
         .await
         .map_err(SetupError::Connect)?;
-    let result = rebase_on(&mut conn, schema).await;
+    let result = rebase_on(&mut conn, queries).await;
     let _ = conn.close().await;
     result
 }
 
-async fn rebase_on(conn: &mut PgConnection, schema: &str) -> Result<RebaseReport, SetupError> {
+async fn rebase_on(conn: &mut PgConnection, queries: &Queries) -> Result<RebaseReport, SetupError> {
+    let schema = queries.schema.as_str();
     let failed = |reason: String| SetupError::RebaseFailed {
         schema: schema.to_owned(),
         reason,
     };
     let db = |e: sqlx::Error| failed(e.to_string());
-    let s = format!("\"{schema}\"");
     let mut tx = conn.begin().await.map_err(SetupError::Connect)?;
     // Nobody appends, reads or moves a checkpoint meanwhile.
-    tx.execute(
-        format!(
-            "LOCK TABLE {s}.events, {s}.streams, {s}.projections, {s}.parked_events \
-             IN ACCESS EXCLUSIVE MODE"
-        )
-        .as_str(),
-    )
-    .await
-    .map_err(db)?;
-    let (highest, next_xid) = positions(&mut tx, schema).await.map_err(db)?;
+    tx.execute(queries.lock_for_rebase.as_str())
+        .await
+        .map_err(db)?;
+    let (highest, next_xid) = positions(&mut tx, queries).await.map_err(db)?;
     if highest >> 20 < next_xid {
         return Ok(RebaseReport {
             events: 0,
@@ -104,13 +91,10 @@ async fn rebase_on(conn: &mut PgConnection, schema: &str) -> Result<RebaseReport
     // Rebased positions stay below the oldest transaction running now, so
     // every later append (even of a transaction already running) lands
     // above them, and readers can read them at once.
-    let (count, oldest_xid): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT (SELECT count(*) FROM {s}.events), \
-                pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-    ))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
+    let (count, oldest_xid): (i64, i64) = sqlx::query_as(&queries.rebase_count)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
     if FIRST_REBASED + count > oldest_xid << 20 {
         return Err(failed(format!(
             "{count} events do not fit below this cluster's oldest transaction id \
@@ -119,32 +103,12 @@ async fn rebase_on(conn: &mut PgConnection, schema: &str) -> Result<RebaseReport
             ((FIRST_REBASED + count) >> 20) + 1 - oldest_xid
         )));
     }
-    // Old → new, in log order. Positions move through negative values so
-    // the primary key never sees two rows at one position.
-    let statements = format!(
-        "CREATE TEMPORARY TABLE es_rebase ON COMMIT DROP AS
-             SELECT position AS old, {FIRST_REBASED} + row_number() OVER (ORDER BY position) - 1 AS new
-             FROM {s}.events;
-         CREATE UNIQUE INDEX ON es_rebase (old);
-         ANALYZE es_rebase;
-         UPDATE {s}.events SET position = -position;
-         UPDATE {s}.events e SET position = m.new FROM es_rebase m WHERE e.position = -m.old;
-         UPDATE {s}.streams t SET last_position = m.new FROM es_rebase m
-             WHERE t.last_position = m.old;
-         UPDATE {s}.parked_events SET position = -position;
-         UPDATE {s}.parked_events p SET position = m.new FROM es_rebase m
-             WHERE p.position = -m.old;
-         UPDATE {s}.parked_events SET position = -position WHERE position < 0;
-         UPDATE {s}.projections p SET position = coalesce(
-             (SELECT max(m.new) FROM es_rebase m WHERE m.old <= p.position), 0);"
-    );
-    tx.execute(statements.as_str()).await.map_err(db)?;
-    let (after,): (i64,) = sqlx::query_as(&format!(
-        "SELECT coalesce(max(position), 0) FROM {s}.events"
-    ))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
+    // Old → new, in log order (see `Queries::rebase`).
+    tx.execute(queries.rebase.as_str()).await.map_err(db)?;
+    let (after,): (i64,) = sqlx::query_as(&queries.max_position)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
     tx.commit().await.map_err(db)?;
     tracing::warn!(
         schema,

@@ -3,6 +3,10 @@
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::Executor;
 
+use crate::queries::{
+    Queries, SchemaName, BOOKKEEPING, FINGERPRINT, MIGRATION_LOCK, ROLLBACK_ADOPT, SAVEPOINT_ADOPT,
+};
+
 /// Why the store could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -181,29 +185,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A migration's SQL for `schema`, announcing on `channel`.
-fn render(sql: &str, schema: &str, channel: &str) -> String {
-    sql.replace("__SCHEMA_NAME__", schema)
-        .replace("__SCHEMA__", &format!("\"{schema}\""))
+fn render(sql: &str, schema: &SchemaName, channel: &str) -> String {
+    sql.replace("__SCHEMA_NAME__", schema.as_str())
+        .replace("__SCHEMA__", &schema.quoted())
         .replace("__CHANNEL__", channel)
-}
-
-pub(crate) fn check_schema_name(name: &str) -> Result<(), SetupError> {
-    let valid = !name.is_empty()
-        && name.len() <= 50
-        && !name.as_bytes()[0].is_ascii_digit()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if valid {
-        Ok(())
-    } else {
-        Err(SetupError::InvalidSchemaName(name.to_owned()))
-    }
-}
-
-/// The LISTEN/NOTIFY channel of a schema.
-pub(crate) fn channel(schema: &str) -> String {
-    format!("{schema}_events")
 }
 
 /// The bookkeeping of a schema, as found.
@@ -215,15 +200,10 @@ struct Bookkeeping {
 }
 
 async fn bookkeeping(conn: &mut PgConnection, schema: &str) -> Result<Bookkeeping, sqlx::Error> {
-    let (table, checksums): (bool, bool) = sqlx::query_as(
-        "SELECT to_regclass(format('%I.schema_migrations', $1::text)) IS NOT NULL, \
-                EXISTS (SELECT 1 FROM pg_attribute \
-                        WHERE attrelid = to_regclass(format('%I.schema_migrations', $1::text)) \
-                          AND attname = 'checksum' AND NOT attisdropped)",
-    )
-    .bind(schema)
-    .fetch_one(&mut *conn)
-    .await?;
+    let (table, checksums): (bool, bool) = sqlx::query_as(BOOKKEEPING)
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(Bookkeeping { table, checksums })
 }
 
@@ -266,7 +246,11 @@ fn bookkeeping_failed(source: sqlx::Error) -> SetupError {
 /// Applies the migrations a schema lacks, after checking that the applied
 /// ones are this build's (adopting a schema made before checksums). Safe
 /// to run from many processes at once and any number of times.
-pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<MigrationReport, SetupError> {
+pub(crate) async fn migrate(
+    pool: &PgPool,
+    queries: &Queries,
+) -> Result<MigrationReport, SetupError> {
+    let schema = queries.schema.as_str();
     let failed = |version, description, source| SetupError::Migration {
         version,
         description,
@@ -274,7 +258,7 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<MigrationRepo
     };
     let setup = bookkeeping_failed;
     let mut tx = pool.begin().await.map_err(SetupError::Connect)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+    sqlx::query(MIGRATION_LOCK)
         .bind(format!("es-postgres migrations of {schema}"))
         .execute(&mut *tx)
         .await
@@ -285,45 +269,33 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<MigrationRepo
         // `Executor::execute` with plain text runs several statements, and
         // its future is `Send` (that of `sqlx::raw_sql` is not), so
         // connecting works from a spawned task.
-        let bookkeeping = format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-             CREATE TABLE \"{schema}\".schema_migrations (
-                 version integer PRIMARY KEY,
-                 description text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now(),
-                 checksum bytea NOT NULL
-             );"
-        );
-        tx.execute(bookkeeping.as_str()).await.map_err(setup)?;
+        tx.execute(queries.create_bookkeeping.as_str())
+            .await
+            .map_err(setup)?;
     } else if !found.checksums {
-        adopt(&mut tx, schema).await?;
+        adopt(&mut tx, queries).await?;
         adopted = true;
     }
-    let applied: Vec<(i32, Vec<u8>)> = sqlx::query_as(&format!(
-        "SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"
-    ))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(setup)?;
+    let applied: Vec<(i32, Vec<u8>)> = sqlx::query_as(&queries.applied_migrations)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(setup)?;
     let missing = compare(schema, &applied)?;
     for &(version, description, sql) in MIGRATIONS {
         if !missing.contains(&version) {
             continue;
         }
-        let rendered = render(sql, schema, &channel(schema));
+        let rendered = render(sql, &queries.schema, &queries.schema.channel());
         tx.execute(rendered.as_str())
             .await
             .map_err(|e| failed(version, description, e))?;
-        sqlx::query(&format!(
-            "INSERT INTO \"{schema}\".schema_migrations (version, description, checksum) \
-             VALUES ($1, $2, $3)"
-        ))
-        .bind(version)
-        .bind(description)
-        .bind(checksum(sql))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| failed(version, description, e))?;
+        sqlx::query(&queries.record_migration)
+            .bind(version)
+            .bind(description)
+            .bind(checksum(sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failed(version, description, e))?;
         tracing::info!(schema, version, description, "applied migration");
     }
     tx.commit().await.map_err(setup)?;
@@ -335,7 +307,8 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<MigrationRepo
 
 /// For `migrate(false)`: checks, without DDL, that the schema has every
 /// migration of this build and that they are this build's.
-pub(crate) async fn check(pool: &PgPool, schema: &str) -> Result<(), SetupError> {
+pub(crate) async fn check(pool: &PgPool, queries: &Queries) -> Result<(), SetupError> {
+    let schema = queries.schema.as_str();
     let setup = bookkeeping_failed;
     let mut conn = pool.acquire().await.map_err(SetupError::Connect)?;
     let found = bookkeeping(&mut conn, schema).await.map_err(setup)?;
@@ -345,12 +318,10 @@ pub(crate) async fn check(pool: &PgPool, schema: &str) -> Result<(), SetupError>
         });
     }
     if !found.checksums {
-        let versions: Vec<i32> = sqlx::query_scalar(&format!(
-            "SELECT version FROM \"{schema}\".schema_migrations"
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(setup)?;
+        let versions: Vec<i32> = sqlx::query_scalar(&queries.migration_versions)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(setup)?;
         return Err(SetupError::SchemaBehind {
             schema: schema.to_owned(),
             missing: MIGRATIONS
@@ -360,12 +331,10 @@ pub(crate) async fn check(pool: &PgPool, schema: &str) -> Result<(), SetupError>
                 .collect(),
         });
     }
-    let applied: Vec<(i32, Vec<u8>)> = sqlx::query_as(&format!(
-        "SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"
-    ))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(setup)?;
+    let applied: Vec<(i32, Vec<u8>)> = sqlx::query_as(&queries.applied_migrations)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(setup)?;
     let missing = compare(schema, &applied)?;
     if missing.is_empty() {
         Ok(())
@@ -376,45 +345,6 @@ pub(crate) async fn check(pool: &PgPool, schema: &str) -> Result<(), SetupError>
         })
     }
 }
-
-/// The store's objects in a schema, one line each, independent of the
-/// schema's name: columns (type, not null, default), constraints, indexes
-/// and functions (signature, language, volatility, a hash of the body),
-/// `schema_migrations` left out.
-const FINGERPRINT: &str = r#"
-SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
-       || coalesce(' default ' || replace(pg_get_expr(d.adbin, d.adrelid),
-                                          '''' || quote_ident($1) || '.', '''__SCHEMA__.'), '')
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
-WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'schema_migrations'
-UNION ALL
-SELECT 'constraint ' || c.relname || '.' || con.conname || ' ' || pg_get_constraintdef(con.oid)
-FROM pg_constraint con
-JOIN pg_class c ON c.oid = con.conrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname <> 'schema_migrations'
-UNION ALL
-SELECT 'index ' || ic.relname || ' on ' || c.relname
-       || coalesce(substring(pg_get_indexdef(i.indexrelid) from ' USING .*$'), '')
-FROM pg_index i
-JOIN pg_class ic ON ic.oid = i.indexrelid
-JOIN pg_class c ON c.oid = i.indrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname <> 'schema_migrations'
-UNION ALL
-SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') returns '
-       || pg_get_function_result(p.oid) || ' language ' || l.lanname
-       || ' volatility ' || p.provolatile::text
-       || ' body md5 ' || md5(replace(p.prosrc, '"' || $1 || '"', '__SCHEMA__'))
-FROM pg_proc p
-JOIN pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_language l ON l.oid = p.prolang
-WHERE n.nspname = $1
-"#;
 
 async fn fingerprint(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(FINGERPRINT)
@@ -427,18 +357,17 @@ async fn fingerprint(conn: &mut PgConnection, schema: &str) -> Result<Vec<String
 /// the released migrations it records in a scratch schema (rolled back),
 /// and records their checksums if none of the scratch schema's columns,
 /// constraints, indexes and functions is missing or different in it.
-async fn adopt(tx: &mut PgConnection, schema: &str) -> Result<(), SetupError> {
+async fn adopt(tx: &mut PgConnection, queries: &Queries) -> Result<(), SetupError> {
+    let schema = queries.schema.as_str();
     let setup = |source| SetupError::Migration {
         version: 0,
         description: "adopting a schema without checksums",
         source,
     };
-    let versions: Vec<i32> = sqlx::query_scalar(&format!(
-        "SELECT version FROM \"{schema}\".schema_migrations ORDER BY version"
-    ))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(setup)?;
+    let versions: Vec<i32> = sqlx::query_scalar(&queries.migration_versions)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(setup)?;
     if let Some(&version) = versions
         .iter()
         .find(|&&v| !(1..=LAST_WITHOUT_CHECKSUMS).contains(&v))
@@ -448,11 +377,11 @@ async fn adopt(tx: &mut PgConnection, schema: &str) -> Result<(), SetupError> {
             version,
         });
     }
-    let scratch = format!("es_adopt_{}", uuid::Uuid::now_v7().simple());
-    tx.execute("SAVEPOINT es_adopt").await.map_err(setup)?;
+    let scratch = SchemaName::new(&format!("es_adopt_{}", uuid::Uuid::now_v7().simple()))?;
+    tx.execute(SAVEPOINT_ADOPT).await.map_err(setup)?;
     for &(version, description, sql) in MIGRATIONS {
         if versions.contains(&version) {
-            tx.execute(render(sql, &scratch, &channel(schema)).as_str())
+            tx.execute(render(sql, &scratch, &queries.schema.channel()).as_str())
                 .await
                 .map_err(|source| SetupError::Migration {
                     version,
@@ -461,10 +390,8 @@ async fn adopt(tx: &mut PgConnection, schema: &str) -> Result<(), SetupError> {
                 })?;
         }
     }
-    let expected = fingerprint(tx, &scratch).await.map_err(setup)?;
-    tx.execute("ROLLBACK TO SAVEPOINT es_adopt")
-        .await
-        .map_err(setup)?;
+    let expected = fingerprint(tx, scratch.as_str()).await.map_err(setup)?;
+    tx.execute(ROLLBACK_ADOPT).await.map_err(setup)?;
     let actual = fingerprint(tx, schema).await.map_err(setup)?;
     let differences: Vec<String> = expected
         .iter()
@@ -478,23 +405,22 @@ async fn adopt(tx: &mut PgConnection, schema: &str) -> Result<(), SetupError> {
             differences,
         });
     }
-    let add = format!("ALTER TABLE \"{schema}\".schema_migrations ADD COLUMN checksum bytea");
-    tx.execute(add.as_str()).await.map_err(setup)?;
+    tx.execute(queries.add_checksums.as_str())
+        .await
+        .map_err(setup)?;
     for &(version, _, sql) in MIGRATIONS {
         if versions.contains(&version) {
-            sqlx::query(&format!(
-                "UPDATE \"{schema}\".schema_migrations SET checksum = $2 WHERE version = $1"
-            ))
-            .bind(version)
-            .bind(checksum(sql))
-            .execute(&mut *tx)
-            .await
-            .map_err(setup)?;
+            sqlx::query(&queries.record_checksum)
+                .bind(version)
+                .bind(checksum(sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(setup)?;
         }
     }
-    let not_null =
-        format!("ALTER TABLE \"{schema}\".schema_migrations ALTER COLUMN checksum SET NOT NULL");
-    tx.execute(not_null.as_str()).await.map_err(setup)?;
+    tx.execute(queries.checksums_not_null.as_str())
+        .await
+        .map_err(setup)?;
     tracing::info!(
         schema,
         ?versions,
@@ -506,22 +432,6 @@ async fn adopt(tx: &mut PgConnection, schema: &str) -> Result<(), SetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schema_names_are_plain_identifiers() {
-        for good in ["es", "billing_events", "_x", "a1"] {
-            assert!(check_schema_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "1a", "Es", "a-b", "a\"b", "a;drop", &"x".repeat(51)] {
-            assert!(
-                matches!(
-                    check_schema_name(bad),
-                    Err(SetupError::InvalidSchemaName(_))
-                ),
-                "{bad}"
-            );
-        }
-    }
 
     /// Released migrations never change: a database that applied one
     /// records its checksum and refuses a build whose text differs. A fix

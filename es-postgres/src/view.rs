@@ -9,25 +9,21 @@ use std::sync::Arc;
 
 use es_core::projection::{HandlerError, ProjectionOptions};
 use es_core::view::{
-    check_view_name, view_projection_name, StoredDocument, View, ViewError, ViewProjection,
-    ViewReader, ViewSink, ViewStore, Views,
+    StoredDocument, View, ViewError, ViewProjection, ViewReader, ViewSink, ViewStore, Views,
 };
 use es_core::StoreError;
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{PgPool, Row};
 
-use crate::{unavailable_or_backend, PgEventStore};
+use crate::error::unavailable_or_backend;
+use crate::queries::{view_sink, ViewTable};
+use crate::PgEventStore;
 
 /// The sink of views on PostgreSQL: documents are read and written through
 /// the runner's transaction.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgDocuments;
-
-/// `"<schema>".<table>`, for a checked view table name.
-fn qualified(schema: &str, table: &str) -> String {
-    format!("\"{schema}\".{table}")
-}
 
 fn stored(row: &PgRow) -> Result<StoredDocument, sqlx::Error> {
     let text: String = row.try_get("doc")?;
@@ -49,12 +45,10 @@ impl ViewSink for PgDocuments {
         table: &'a str,
         key: &'a str,
     ) -> Result<Option<StoredDocument>, HandlerError> {
-        let row = sqlx::query(&format!(
-            "SELECT doc::text AS doc, position, version FROM {table} WHERE key = $1"
-        ))
-        .bind(key)
-        .fetch_optional(tx)
-        .await?;
+        let row = sqlx::query(&view_sink::load(table))
+            .bind(key)
+            .fetch_optional(tx)
+            .await?;
         Ok(row.as_ref().map(stored).transpose()?)
     }
 
@@ -64,17 +58,13 @@ impl ViewSink for PgDocuments {
         key: &'a str,
         document: StoredDocument,
     ) -> Result<(), HandlerError> {
-        sqlx::query(&format!(
-            "INSERT INTO {table} (key, doc, position, version) VALUES ($1, $2::jsonb, $3, $4) \
-             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, position = excluded.position, \
-             version = excluded.version, updated_at = now()"
-        ))
-        .bind(key)
-        .bind(document.doc.to_string())
-        .bind(i64::try_from(document.position)?)
-        .bind(i64::try_from(document.version)?)
-        .execute(tx)
-        .await?;
+        sqlx::query(&view_sink::save(table))
+            .bind(key)
+            .bind(document.doc.to_string())
+            .bind(i64::try_from(document.position)?)
+            .bind(i64::try_from(document.version)?)
+            .execute(tx)
+            .await?;
         Ok(())
     }
 
@@ -83,7 +73,7 @@ impl ViewSink for PgDocuments {
         table: &'a str,
         key: &'a str,
     ) -> Result<(), HandlerError> {
-        sqlx::query(&format!("DELETE FROM {table} WHERE key = $1"))
+        sqlx::query(&view_sink::delete(table))
             .bind(key)
             .execute(tx)
             .await?;
@@ -93,7 +83,10 @@ impl ViewSink for PgDocuments {
 
 struct PgReader {
     pool: PgPool,
-    table: String,
+    /// Reads one document (`view_sink::load`).
+    get: String,
+    /// Reads a page of documents (`ViewTable::list`).
+    list: String,
 }
 
 impl ViewReader for PgReader {
@@ -102,14 +95,11 @@ impl ViewReader for PgReader {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredDocument>, StoreError>> {
         Box::pin(async move {
-            let row = sqlx::query(&format!(
-                "SELECT doc::text AS doc, position, version FROM {} WHERE key = $1",
-                self.table
-            ))
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable_or_backend)?;
+            let row = sqlx::query(&self.get)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable_or_backend)?;
             row.as_ref()
                 .map(stored)
                 .transpose()
@@ -123,16 +113,12 @@ impl ViewReader for PgReader {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<(String, StoredDocument)>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(&format!(
-                "SELECT key, doc::text AS doc, position, version FROM {} \
-                 WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2",
-                self.table
-            ))
-            .bind(after)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable_or_backend)?;
+            let rows = sqlx::query(&self.list)
+                .bind(after)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable_or_backend)?;
             rows.iter()
                 .map(|row| Ok((row.try_get("key")?, stored(row)?)))
                 .collect::<Result<_, sqlx::Error>>()
@@ -155,32 +141,25 @@ impl PgEventStore {
         name: &str,
         options: ProjectionOptions,
     ) -> Result<Views<V>, ViewError> {
-        check_view_name(name)?;
-        let table = qualified(self.schema(), &view_projection_name(name));
-        sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\
-                 key text COLLATE \"C\" PRIMARY KEY, \
-                 doc jsonb NOT NULL, \
-                 position bigint NOT NULL, \
-                 version bigint NOT NULL, \
-                 updated_at timestamptz NOT NULL DEFAULT now())"
-        ))
-        .execute(self.pool())
-        .await
-        .or_else(|e| match &e {
-            // Another process created it at the same moment.
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
-            {
-                Ok(Default::default())
-            }
-            _ => Err(unavailable_or_backend(e)),
-        })?;
-        let projection = ViewProjection::<V, PgDocuments>::with_table(name, &table);
+        let table = ViewTable::new(&self.inner.queries.schema, name)?;
+        sqlx::query(&table.create())
+            .execute(self.pool())
+            .await
+            .or_else(|e| match &e {
+                // Another process created it at the same moment.
+                sqlx::Error::Database(db)
+                    if matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
+                {
+                    Ok(Default::default())
+                }
+                _ => Err(unavailable_or_backend(e)),
+            })?;
+        let projection = ViewProjection::<V, PgDocuments>::with_table(name, table.as_str());
         let handle = self.run_projection(projection, options);
         let reader = PgReader {
             pool: self.pool().clone(),
-            table,
+            get: view_sink::load(table.as_str()),
+            list: table.list(),
         };
         Ok(Views::new(name, handle, Arc::new(reader)))
     }
@@ -194,9 +173,8 @@ impl PgEventStore {
         name: &str,
         position: u64,
     ) -> Result<bool, ViewError> {
-        check_view_name(name)?;
-        let table = qualified(self.schema(), &view_projection_name(name));
-        let projection = ViewProjection::<V, PgDocuments>::with_table(name, &table);
+        let table = ViewTable::new(&self.inner.queries.schema, name)?;
+        let projection = ViewProjection::<V, PgDocuments>::with_table(name, table.as_str());
         Ok(self.retry_parked(&projection, position).await?)
     }
 }

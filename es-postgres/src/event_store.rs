@@ -1,0 +1,139 @@
+//! [`EventStore`] for [`PgEventStore`]: each method checks its arguments
+//! and hands over to the module of its role (append, read, journal,
+//! subscription).
+
+use es_core::{
+    check_stream_id, CommandRecord, EventStore, EventStream, ExpectedVersion, JournalEntry,
+    NewEvent, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
+};
+
+use crate::error::unavailable_or_backend;
+use crate::{journal, subscription, PgEventStore};
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.append_pooled(stream_id, expected, events, None).await
+    }
+
+    async fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        es_core::limits::check_command(stream_id, command, None)?;
+        self.append_pooled(stream_id, expected, events, Some(command))
+            .await
+    }
+
+    async fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        es_core::limits::check_command(stream_id, command, Some(error))?;
+        journal::record_rejected(self, command, stream_id, error).await
+    }
+
+    async fn find_command(
+        &self,
+        command_id: uuid::Uuid,
+    ) -> Result<Option<JournalEntry>, StoreError> {
+        journal::find(self, command_id).await
+    }
+
+    async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        check_stream_id(stream_id)?;
+        journal::of_stream(self, stream_id).await
+    }
+
+    async fn read_correlation(
+        &self,
+        correlation_id: uuid::Uuid,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.fetch_correlation(correlation_id, from_position, limit)
+            .await
+    }
+
+    async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        check_stream_id(stream_id)?;
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?;
+        journal::close(self, stream_id, &mut conn).await
+    }
+
+    async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        check_stream_id(stream_id)?;
+        journal::erase(self, stream_id).await
+    }
+
+    async fn append_atomic(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        self.append_atomic_alone(appends).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        check_stream_id(stream_id)?;
+        self.fetch_stream(stream_id, from_version, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.await_own_writes().await?;
+        self.read_log(from_position, limit).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        check_stream_id(stream_id)?;
+        self.fetch_stream_version(stream_id).await
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.fetch_head().await
+    }
+
+    fn subscribe(&self, from_position: u64) -> EventStream {
+        subscription::subscribe(self.clone(), from_position)
+    }
+
+    fn subscribe_rows(&self, from_position: u64) -> es_core::LogStream {
+        subscription::subscribe_rows(self.clone(), from_position)
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        check_stream_id(stream_id)?;
+        self.fetch_snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream_id: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        es_core::limits::check_snapshot(stream_id, &snapshot)?;
+        self.store_snapshot(stream_id, snapshot).await
+    }
+}
