@@ -113,7 +113,7 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The stream id cannot be stored (empty, a NUL character, longer than
-    /// [`crate::MAX_STREAM_ID_BYTES`]); every operation refuses it alike.
+    /// [`crate::limits::MAX_STREAM_ID_BYTES`]); every operation refuses it alike.
     #[error("invalid stream id {}: {reason}", crate::limits::shown(stream_id.as_str()))]
     InvalidStreamId {
         /// The refused id.

@@ -8,7 +8,7 @@
 //! [`Aggregate`](macro@Aggregate) and [`Projection`](macro@Projection) are
 //! re-exported here (`Projection` also in [`projection`], beside its
 //! trait), so a user needs one dependency. With the `testing` feature,
-//! [`testing`] adds the given/when/then test kit, a fault-injecting store
+//! `testing` adds the given/when/then test kit, a fault-injecting store
 //! wrapper and the store conformance suite. What only a store implementer
 //! needs (the input checks, the rows of the log, the projection runner's
 //! target) is in [`backend`].
@@ -90,16 +90,6 @@ pub use store::{
 pub use version::{ExpectedVersion, StreamId};
 
 pub use es_macros::{Aggregate, Command, Event, Projection};
-
-// The former root paths of what store authors use, now in [`backend`]:
-// kept, hidden, for es-postgres' `lib.rs` (being split elsewhere) until it
-// names them by `backend::`; remove them then.
-#[doc(hidden)]
-pub use backend::{
-    check_appends, check_events, check_stream_id, LogItem, LogStream, UnreadableEvent,
-    MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
-    MAX_STREAM_ID_BYTES,
-};
 
 /// Everything a user of the framework usually needs, in one import: what
 /// the README's snippets use (the model and its derives, the runtime,

@@ -58,7 +58,7 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        es_core::check_events(stream_id, &events)?;
+        es_core::backend::check_events(stream_id, &events)?;
         let recorded = self
             .write(
                 &mut *conn,
@@ -94,7 +94,7 @@ impl PgEventStore {
         events: Vec<NewEvent>,
         command: Option<&CommandRecord>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        es_core::check_events(stream_id, &events)?;
+        es_core::backend::check_events(stream_id, &events)?;
         match &self.inner.group {
             // Inline projections write in the append's transaction, and a
             // command record goes with its append: neither joins a batch.
@@ -172,7 +172,7 @@ impl PgEventStore {
         &self,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        es_core::check_appends(&appends)?;
+        es_core::backend::check_appends(&appends)?;
         let mut tx = self
             .inner
             .pool
@@ -191,7 +191,7 @@ impl PgEventStore {
         conn: &mut PgConnection,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        es_core::check_appends(&appends)?;
+        es_core::backend::check_appends(&appends)?;
         // Lock streams in one order everywhere (that of their lock keys, in
         // `lock_streams()`), so two transfers in opposite directions cannot
         // deadlock; and lock them all before the first write, which gives

@@ -109,7 +109,7 @@ impl PgEventStoreBuilder {
     /// time (default 8 MiB): a page ends at this size or at
     /// [`PgEventStoreBuilder::subscription_page`] events, whichever comes
     /// first, and holds at least one event. With payloads of at most
-    /// [`es_core::MAX_PAYLOAD_BYTES`], a subscriber holds at most this
+    /// [`es_core::limits::MAX_PAYLOAD_BYTES`], a subscriber holds at most this
     /// budget plus one event.
     pub fn subscription_page_bytes(mut self, bytes: usize) -> Self {
         self.subscription_page_bytes = bytes.max(1);

@@ -3,8 +3,8 @@
 //! subscription).
 
 use es_core::{
-    check_stream_id, CommandRecord, EventStore, EventStream, ExpectedVersion, JournalEntry,
-    NewEvent, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
+    CommandRecord, EventStore, EventStream, ExpectedVersion, JournalEntry, NewEvent, RecordedEvent,
+    Snapshot, StoreError, StreamAppend, StreamId,
 };
 
 use crate::error::unavailable_or_backend;
@@ -50,7 +50,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
-        check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         journal::of_stream(self, stream_id).await
     }
 
@@ -65,7 +65,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
-        check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         let mut conn = self
             .inner
             .pool
@@ -76,7 +76,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         journal::erase(self, stream_id).await
     }
 
@@ -93,7 +93,7 @@ impl EventStore for PgEventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         self.fetch_stream(stream_id, from_version, limit).await
     }
 
@@ -107,7 +107,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         self.fetch_stream_version(stream_id).await
     }
 
@@ -119,12 +119,12 @@ impl EventStore for PgEventStore {
         subscription::subscribe(self.clone(), from_position)
     }
 
-    fn subscribe_rows(&self, from_position: u64) -> es_core::LogStream {
+    fn subscribe_rows(&self, from_position: u64) -> es_core::backend::LogStream {
         subscription::subscribe_rows(self.clone(), from_position)
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        check_stream_id(stream_id)?;
+        es_core::backend::check_stream_id(stream_id)?;
         self.fetch_snapshot(stream_id).await
     }
 

@@ -138,7 +138,7 @@
 //! poll interval, whichever is first. It holds at most one page per
 //! subscriber: 512 events or about 8 MiB of payloads and metadata,
 //! whichever comes first, and at least one event (payloads are at most
-//! [`es_core::MAX_PAYLOAD_BYTES`]). One listener task per store handle, on
+//! [`es_core::limits::MAX_PAYLOAD_BYTES`]). One listener task per store handle, on
 //! a connection of its own outside the pool (so a pool of one connection
 //! still serves appends and reads), LISTENs for all of the handle's
 //! subscriptions. When the server
@@ -187,7 +187,7 @@ pub use status::{LogStatus, RunningTransaction};
 /// The longest stream id the store takes, in bytes (its btree indexes
 /// hold at most about 2,700 bytes per entry). Every store takes the same:
 /// see [`es_core::limits`].
-pub use es_core::MAX_STREAM_ID_BYTES;
+pub use es_core::limits::MAX_STREAM_ID_BYTES;
 
 /// Re-exported so callers can name the connection types of
 /// [`PgEventStore::append_in`] without depending on sqlx themselves.

@@ -208,7 +208,7 @@ impl PgEventStore {
             return Ok(false);
         };
         let raw = crate::read::recorded_from_row(&row)?;
-        let events = es_core::projection::decode_handled::<P::Event>(projection.handles(), &raw)
+        let events = es_core::backend::decode_handled::<P::Event>(projection.handles(), &raw)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         for event in &events {
             projection
@@ -385,7 +385,7 @@ where
     async fn park_unreadable(
         &mut self,
         projection: &P,
-        row: &es_core::UnreadableEvent,
+        row: &es_core::backend::UnreadableEvent,
         error: &str,
         from: u64,
     ) -> Result<(), BatchError> {
@@ -440,7 +440,7 @@ where
         Box::pin(async move {
             let handles = self.0.handles();
             for event in events {
-                for decoded in es_core::projection::decode_handled::<P::Event>(handles, event)? {
+                for decoded in es_core::backend::decode_handled::<P::Event>(handles, event)? {
                     self.0.handle(tx, &decoded).await?;
                 }
             }

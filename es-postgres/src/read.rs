@@ -32,7 +32,13 @@ impl PgEventStore {
         &self,
         from_position: u64,
         limit: usize,
-    ) -> Result<(Vec<RecordedEvent>, Option<es_core::UnreadableEvent>), StoreError> {
+    ) -> Result<
+        (
+            Vec<RecordedEvent>,
+            Option<es_core::backend::UnreadableEvent>,
+        ),
+        StoreError,
+    > {
         let rows = sqlx::query(&self.inner.queries.read_all)
             .bind(to_i64(from_position))
             .bind(to_i64(limit as u64))
@@ -59,7 +65,13 @@ impl PgEventStore {
         from_position: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<RecordedEvent>, Option<es_core::UnreadableEvent>), StoreError> {
+    ) -> Result<
+        (
+            Vec<RecordedEvent>,
+            Option<es_core::backend::UnreadableEvent>,
+        ),
+        StoreError,
+    > {
         use futures::TryStreamExt;
         let mut rows = sqlx::query(&self.inner.queries.read_page)
             .bind(to_i64(from_position))
@@ -289,7 +301,7 @@ pub(crate) fn recorded_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError
 fn unreadable_from_row(
     row: &PgRow,
     error: StoreError,
-) -> Result<es_core::UnreadableEvent, StoreError> {
+) -> Result<es_core::backend::UnreadableEvent, StoreError> {
     let (Ok(position), Ok(stream_id), Ok(stream_version)) = (
         row.try_get::<i64, _>(0),
         row.try_get::<String, _>(2),
@@ -297,7 +309,7 @@ fn unreadable_from_row(
     ) else {
         return Err(error);
     };
-    Ok(es_core::UnreadableEvent {
+    Ok(es_core::backend::UnreadableEvent {
         global_position: position as u64,
         stream_id: StreamId::from(stream_id),
         stream_version: stream_version as u64,

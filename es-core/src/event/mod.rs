@@ -149,8 +149,8 @@ pub trait AggregateEvent {
 }
 
 /// Compile-time lookup of an event type's [`AggregateEvent`] impl, for
-/// `#[derive(Event)]`: method resolution on `&&Probe<T>` picks [`Owned`]
-/// when `T: AggregateEvent` and falls back to [`Unowned`] otherwise.
+/// `#[derive(Event)]`: method resolution on `&&Probe<T>` picks [`Owned`](owner::Owned)
+/// when `T: AggregateEvent` and falls back to [`Unowned`](owner::Unowned) otherwise.
 #[doc(hidden)]
 pub mod owner {
     use std::marker::PhantomData;

@@ -29,11 +29,6 @@ mod runner;
 pub use memory::{MemoryReadModel, ParkedEvent};
 pub use runner::run_projection;
 
-// The former path of `decode_handled`, still used by es-postgres; its home
-// is `crate::backend`.
-#[doc(hidden)]
-pub use crate::backend::decode_handled;
-
 /// What a projection handler fails with.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -1586,11 +1586,11 @@ fn assert_invalid_stream_id<T: std::fmt::Debug>(
 }
 
 /// A stream id no store can hold (empty, with a NUL character, longer than
-/// [`crate::MAX_STREAM_ID_BYTES`]) is refused with `InvalidStreamId` by
+/// [`crate::limits::MAX_STREAM_ID_BYTES`]) is refused with `InvalidStreamId` by
 /// every operation that names a stream, and nothing is written; an id of
 /// exactly the limit works everywhere.
 pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store: S) {
-    let too_long = "x".repeat(crate::MAX_STREAM_ID_BYTES + 1);
+    let too_long = "x".repeat(crate::limits::MAX_STREAM_ID_BYTES + 1);
     for bad in ["", "nul\0inside", "\0", too_long.as_str()] {
         let stream = StreamId::from(bad);
         assert_invalid_stream_id(
@@ -1652,7 +1652,7 @@ pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store:
         "nothing was written"
     );
 
-    let at_limit = StreamId::from("y".repeat(crate::MAX_STREAM_ID_BYTES));
+    let at_limit = StreamId::from("y".repeat(crate::limits::MAX_STREAM_ID_BYTES));
     store
         .append(&at_limit, ExpectedVersion::NoStream, events(0..2))
         .await
@@ -1706,7 +1706,7 @@ pub async fn events_a_store_cannot_hold_are_refused_and_write_nothing<S: EventSt
         ("NUL in type", typed("Bad\0Type".into()), "NUL"),
         (
             "long type",
-            typed("T".repeat(crate::MAX_EVENT_TYPE_BYTES + 1)),
+            typed("T".repeat(crate::limits::MAX_EVENT_TYPE_BYTES + 1)),
             "event type has",
         ),
         (
@@ -1770,15 +1770,15 @@ pub async fn events_a_store_cannot_hold_are_refused_and_write_nothing<S: EventSt
     assert_eq!(read[0].data.to_value().unwrap()["text"], "a\\u0000b");
 }
 
-/// A payload above [`crate::MAX_PAYLOAD_BYTES`] is `PayloadTooLarge`, an
-/// append above [`crate::MAX_APPEND_BYTES`] is `AppendTooLarge`, a snapshot
-/// above [`crate::MAX_SNAPSHOT_BYTES`] is `PayloadTooLarge`, each naming
+/// A payload above [`crate::limits::MAX_PAYLOAD_BYTES`] is `PayloadTooLarge`, an
+/// append above [`crate::limits::MAX_APPEND_BYTES`] is `AppendTooLarge`, a snapshot
+/// above [`crate::limits::MAX_SNAPSHOT_BYTES`] is `PayloadTooLarge`, each naming
 /// the size and the limit; nothing is written.
 pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(store: S) {
     let stream = StreamId::from("big");
     // A JSON string of `len` bytes in all.
     let blob = |len: usize| Payload::from_json(format!("\"{}\"", "x".repeat(len - 2))).unwrap();
-    let big = blob(crate::MAX_PAYLOAD_BYTES + 1);
+    let big = blob(crate::limits::MAX_PAYLOAD_BYTES + 1);
     let refused = store
         .append(
             &stream,
@@ -1795,7 +1795,10 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
             assert_eq!(stream_id, stream);
             assert_eq!(
                 (size, limit),
-                (crate::MAX_PAYLOAD_BYTES + 1, crate::MAX_PAYLOAD_BYTES)
+                (
+                    crate::limits::MAX_PAYLOAD_BYTES + 1,
+                    crate::limits::MAX_PAYLOAD_BYTES
+                )
             );
         }
         other => panic!(
@@ -1805,8 +1808,8 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
     }
 
     // Payloads share their text, so this append costs little memory here.
-    let part = blob(crate::MAX_PAYLOAD_BYTES);
-    let count = crate::MAX_APPEND_BYTES / crate::MAX_PAYLOAD_BYTES + 1;
+    let part = blob(crate::limits::MAX_PAYLOAD_BYTES);
+    let count = crate::limits::MAX_APPEND_BYTES / crate::limits::MAX_PAYLOAD_BYTES + 1;
     let parts: Vec<NewEvent> = (0..count)
         .map(|_| NewEvent::raw("Tested", 1, part.clone(), Metadata::new()))
         .collect();
@@ -1821,7 +1824,7 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
         }) => {
             assert_eq!(stream_id, stream);
             assert!(size > limit, "{size} > {limit}");
-            assert_eq!(limit, crate::MAX_APPEND_BYTES);
+            assert_eq!(limit, crate::limits::MAX_APPEND_BYTES);
         }
         other => panic!(
             "expected AppendTooLarge, got {:?}",
@@ -1844,12 +1847,12 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
     let snapshot = Snapshot {
         version: 1,
         schema_version: 1,
-        state: blob(crate::MAX_SNAPSHOT_BYTES + 1),
+        state: blob(crate::limits::MAX_SNAPSHOT_BYTES + 1),
         taken_at: chrono::Utc::now(),
     };
     let refused = store.save_snapshot(&stream, snapshot).await;
     assert!(
-        matches!(refused, Err(StoreError::PayloadTooLarge { size, .. }) if size == crate::MAX_SNAPSHOT_BYTES + 1),
+        matches!(refused, Err(StoreError::PayloadTooLarge { size, .. }) if size == crate::limits::MAX_SNAPSHOT_BYTES + 1),
         "{refused:?}"
     );
     assert!(store.load_snapshot(&stream).await.unwrap().is_none());
@@ -1860,7 +1863,7 @@ pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(s
     let message = StoreError::PayloadTooLarge {
         stream_id: stream.clone(),
         size: 300_000_000,
-        limit: crate::MAX_PAYLOAD_BYTES,
+        limit: crate::limits::MAX_PAYLOAD_BYTES,
     }
     .to_string();
     assert!(
