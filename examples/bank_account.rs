@@ -129,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the commands on `store`, then answers from the view.
-async fn run_with_view<S: EventStore + ViewStore>(
+async fn run_with_view<S: EventStore + ViewStore + CommandStore>(
     store: S,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let accounts = store
@@ -154,7 +154,7 @@ async fn run_with_view<S: EventStore + ViewStore>(
 
 /// Runs the commands and prints what happened; returns the global position
 /// of the last stored event.
-async fn run<S: EventStore>(store: S) -> Result<u64, Box<dyn std::error::Error>> {
+async fn run<S: EventStore + CommandStore>(store: S) -> Result<u64, Box<dyn std::error::Error>> {
     let accounts = Repository::<Account, _>::new(store.clone());
 
     let commands = [

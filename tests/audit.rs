@@ -71,7 +71,7 @@ fn deposit(id: &str, amount: u64) -> AccountCommand {
     }
 }
 
-async fn a_repeated_command_returns_its_first_outcome<S: EventStore>(store: S) {
+async fn a_repeated_command_returns_its_first_outcome<S: EventStore + CommandStore>(store: S) {
     let accounts = Repository::<Account, _>::new(store.clone());
     accounts.execute(open("a")).await.unwrap();
     let id = Uuid::now_v7();
@@ -91,7 +91,7 @@ async fn a_repeated_command_returns_its_first_outcome<S: EventStore>(store: S) {
     assert_eq!(store.stream_version(&first.stream_id).await.unwrap(), 2);
 }
 
-async fn a_command_sent_concurrently_executes_once<S: EventStore>(store: S) {
+async fn a_command_sent_concurrently_executes_once<S: EventStore + CommandStore>(store: S) {
     let accounts = Arc::new(Repository::<Account, _>::new(store.clone()));
     accounts.execute(open("a")).await.unwrap();
     let id = Uuid::now_v7();
@@ -121,7 +121,9 @@ async fn a_command_sent_concurrently_executes_once<S: EventStore>(store: S) {
     );
 }
 
-async fn the_journal_shows_what_was_asked_and_what_it_caused<S: EventStore>(store: S) {
+async fn the_journal_shows_what_was_asked_and_what_it_caused<S: EventStore + CommandStore>(
+    store: S,
+) {
     let accounts =
         Repository::<Account, _>::new(store.clone()).with_journal(Journal::AcceptedAndRejected);
     let context = CommandContext::new().with_actor("teller-3");
@@ -182,7 +184,11 @@ async fn the_journal_shows_what_was_asked_and_what_it_caused<S: EventStore>(stor
     );
 }
 
-async fn a_reaction_carries_its_cause_and_the_correlation<S: EventStore>(store: S) {
+async fn a_reaction_carries_its_cause_and_the_correlation<
+    S: EventStore + CommandStore + CorrelationStore,
+>(
+    store: S,
+) {
     let accounts = Repository::<Account, _>::new(store.clone());
     let start = CommandContext::new().with_actor("alice");
     let opened = accounts
@@ -216,7 +222,7 @@ async fn a_reaction_carries_its_cause_and_the_correlation<S: EventStore>(store: 
     );
 }
 
-async fn an_aggregate_loads_as_it_was<S: EventStore>(store: S) {
+async fn an_aggregate_loads_as_it_was<S: EventStore + CommandStore>(store: S) {
     let accounts = Repository::<Account, _>::new(store.clone());
     accounts.execute(open("t")).await.unwrap();
     accounts.execute(deposit("t", 1)).await.unwrap();
@@ -234,7 +240,11 @@ async fn an_aggregate_loads_as_it_was<S: EventStore>(store: S) {
     assert_eq!(before.state, Account::default());
 }
 
-async fn closed_and_erased_streams_refuse_commands<S: EventStore>(store: S) {
+async fn closed_and_erased_streams_refuse_commands<
+    S: EventStore + CommandStore + StreamLifecycle,
+>(
+    store: S,
+) {
     let accounts = Repository::<Account, _>::new(store.clone());
     accounts.execute(open("c")).await.unwrap();
     store.close_stream(&Account::stream_id("c")).await.unwrap();

@@ -69,7 +69,7 @@ fn withdraw(amount: u64) -> AccountCommand {
     }
 }
 
-async fn a_warm_command_reads_nothing<S: EventStore>(store: S) {
+async fn a_warm_command_reads_nothing<S: EventStore + CommandStore>(store: S) {
     let counted = FaultyStore::new(store);
     let accounts = Repository::<Account, _>::new(counted.clone()).with_cache(100);
     accounts.execute(deposit(1)).await.unwrap();
@@ -83,7 +83,9 @@ async fn a_warm_command_reads_nothing<S: EventStore>(store: S) {
     assert_eq!(accounts.load("a").await.unwrap().state.balance, 11);
 }
 
-async fn commands_to_one_aggregate_do_not_conflict_in_process<S: EventStore>(store: S) {
+async fn commands_to_one_aggregate_do_not_conflict_in_process<S: EventStore + CommandStore>(
+    store: S,
+) {
     let accounts = Arc::new(Repository::<Account, _>::new(store).with_cache(100));
     let mut tasks = Vec::new();
     for task in 0..8u64 {
@@ -113,7 +115,9 @@ async fn commands_to_one_aggregate_do_not_conflict_in_process<S: EventStore>(sto
     assert_eq!((loaded.state.balance, loaded.version), (expected, 200));
 }
 
-async fn a_stale_copy_that_would_append_conflicts_and_reloads<S: EventStore>(store: S) {
+async fn a_stale_copy_that_would_append_conflicts_and_reloads<S: EventStore + CommandStore>(
+    store: S,
+) {
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(100);
     let other_process = Repository::<Account, _>::new(store.clone());
     cached.execute(deposit(10)).await.unwrap();
@@ -132,7 +136,7 @@ async fn a_stale_copy_that_would_append_conflicts_and_reloads<S: EventStore>(sto
     assert_eq!((next.attempts, next.version), (1, 4));
 }
 
-async fn a_stale_copy_never_refuses_or_ignores_a_command<S: EventStore>(store: S) {
+async fn a_stale_copy_never_refuses_or_ignores_a_command<S: EventStore + CommandStore>(store: S) {
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(100);
     let other_process = Repository::<Account, _>::new(store.clone());
     cached.execute(deposit(1)).await.unwrap();
@@ -157,7 +161,7 @@ async fn a_stale_copy_never_refuses_or_ignores_a_command<S: EventStore>(store: S
     assert_eq!(refused.rejection(), Some(&TooLow(0)));
 }
 
-async fn a_small_cache_stays_correct<S: EventStore>(store: S) {
+async fn a_small_cache_stays_correct<S: EventStore + CommandStore>(store: S) {
     let accounts = Repository::<Account, _>::new(store).with_cache(2);
     for round in 1..=3u64 {
         for id in ["a", "b", "c", "d", "e"] {
@@ -178,7 +182,9 @@ async fn a_small_cache_stays_correct<S: EventStore>(store: S) {
 /// A burst of concurrent commands to more aggregates than the capacity:
 /// while they run each holds its aggregate, and once they are done the
 /// cache holds no more than its capacity.
-async fn a_burst_does_not_leave_the_cache_past_its_capacity<S: EventStore>(store: S) {
+async fn a_burst_does_not_leave_the_cache_past_its_capacity<S: EventStore + CommandStore>(
+    store: S,
+) {
     let accounts = Repository::<Account, _>::new(store).with_cache(4);
     let burst = (0..32).map(|n| {
         let accounts = accounts.clone();

@@ -111,7 +111,7 @@ impl Projection for AccountNames {
 
 /// Opens two accounts and two loans, interleaved; returns the last
 /// position.
-async fn open_accounts_and_loans<S: EventStore>(store: &S) -> u64 {
+async fn open_accounts_and_loans<S: EventStore + CommandStore>(store: &S) -> u64 {
     let accounts = Repository::<Account, _>::new(store.clone());
     let loans = Repository::<Loan, _>::new(store.clone());
     let mut last = 0;
@@ -139,7 +139,9 @@ fn expected_names() -> BTreeMap<String, String> {
     BTreeMap::from([("1".into(), "Ada".into()), ("2".into(), "Grace".into())])
 }
 
-async fn the_generic_runner_takes_only_the_aggregates_events<S: EventStore>(store: S) {
+async fn the_generic_runner_takes_only_the_aggregates_events<S: EventStore + CommandStore>(
+    store: S,
+) {
     let last = open_accounts_and_loans(&store).await;
     let model = MemoryReadModel::<BTreeMap<String, String>>::default();
     let handle = run_projection(

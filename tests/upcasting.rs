@@ -118,7 +118,7 @@ async fn store_old<S: EventStore>(
         .unwrap();
 }
 
-async fn old_events_load_into_todays_types<S: EventStore>(store: S) {
+async fn old_events_load_into_todays_types<S: EventStore + CommandStore>(store: S) {
     store_old(&store, "wallet-w", "Deposited", 1, r#"{"cents": 1050}"#).await;
     store_old(&store, "wallet-w", "Deposited", 2, r#"{"amount": 2.0}"#).await;
     store_old(&store, "wallet-w", "Credited", 1, r#"{"cents": 300}"#).await;
@@ -191,7 +191,7 @@ async fn old_events_load_into_todays_types<S: EventStore>(store: S) {
     );
 }
 
-async fn a_missing_upcaster_is_a_clear_error<S: EventStore>(store: S) {
+async fn a_missing_upcaster_is_a_clear_error<S: EventStore + CommandStore>(store: S) {
     store_old(&store, "wallet-m", "Withdrew", 1, r#"{"amount": 1.0}"#).await;
     let error = Repository::<Wallet, _>::new(store.clone())
         .load("m")

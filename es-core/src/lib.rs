@@ -85,7 +85,8 @@ pub use event::{AggregateEvent, Event, NewEvent, Payload, RecordedEvent};
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Journal, Loaded, Repository, RetryPolicy, Snapshots};
 pub use store::{
-    CommandRecord, EventStore, EventStream, JournalEntry, JournalOutcome, Snapshot, StreamAppend,
+    CommandRecord, CommandStore, CorrelationStore, EventStore, EventStream, JournalEntry,
+    JournalOutcome, Snapshot, SnapshotStore, StreamAppend, StreamLifecycle,
 };
 pub use version::{ExpectedVersion, StreamId};
 
@@ -100,8 +101,9 @@ pub mod prelude {
     pub use crate::view::{View, ViewStore};
     pub use crate::{
         Aggregate, AggregateEvent, AsOf, Command, CommandContext, CommandError, CommandOutcome,
-        Event, EventStore, ExpectedVersion, Journal, Metadata, NewEvent, RecordedEvent, Repository,
-        RoutedCommand, Snapshots, StoreError, StreamAppend, StreamId,
+        CommandStore, CorrelationStore, Event, EventStore, ExpectedVersion, Journal, Metadata,
+        NewEvent, RecordedEvent, Repository, RoutedCommand, SnapshotStore, Snapshots, StoreError,
+        StreamAppend, StreamId, StreamLifecycle,
     };
 }
 

@@ -120,7 +120,11 @@ pub struct Snapshot {
 /// as an item and the stream ends after it.
 pub type EventStream = BoxStream<'static, Result<RecordedEvent, StoreError>>;
 
-/// An append-only log of events, in streams and in one global order.
+/// An append-only log of events, in streams and in one global order: the
+/// core every store implements. What a store can do besides is a trait of
+/// its own — [`SnapshotStore`], [`CommandStore`], [`CorrelationStore`],
+/// [`StreamLifecycle`] — so a store or a wrapper that lacks one is a
+/// compile error where it is needed, never a silent `Unsupported`.
 ///
 /// Versions in a stream are contiguous from 1; global positions increase
 /// from 1 in the one order every reader sees. Stores are cheap handles:
@@ -184,150 +188,6 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         appends: Vec<StreamAppend>,
     ) -> impl Future<Output = Result<Vec<Vec<RecordedEvent>>, StoreError>> + Send;
 
-    /// The latest snapshot of a stream, if the store keeps snapshots.
-    fn load_snapshot(
-        &self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        let _ = stream_id;
-        async { Ok(None) }
-    }
-
-    /// Stores a snapshot of a stream, replacing an older one (a snapshot
-    /// older than the stored one is ignored). Stores without snapshots
-    /// ignore it.
-    fn save_snapshot(
-        &self,
-        stream_id: &StreamId,
-        snapshot: Snapshot,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (stream_id, snapshot);
-        async { Ok(()) }
-    }
-
-    /// Appends the events a command produced and records the command, all or
-    /// nothing. When the command id was already recorded as accepted,
-    /// nothing is appended and the error
-    /// [`StoreError::CommandAlreadyExecuted`] says where its events are. A
-    /// re-sent append (same event ids) returns the first result, as
-    /// [`EventStore::append`] does.
-    fn append_for_command(
-        &self,
-        command: &CommandRecord,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        let _ = (command, stream_id, expected, events);
-        async {
-            Err(StoreError::Unsupported {
-                operation: "append_for_command",
-            })
-        }
-    }
-
-    /// Records a command the aggregate refused (for journals that keep
-    /// rejections).
-    fn record_rejected_command(
-        &self,
-        command: &CommandRecord,
-        stream_id: &StreamId,
-        error: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (command, stream_id, error);
-        async {
-            Err(StoreError::Unsupported {
-                operation: "record_rejected_command",
-            })
-        }
-    }
-
-    /// The recorded command with this id, if any.
-    fn find_command(
-        &self,
-        command_id: Uuid,
-    ) -> impl Future<Output = Result<Option<JournalEntry>, StoreError>> + Send {
-        let _ = command_id;
-        async { Ok(None) }
-    }
-
-    /// The commands recorded for a stream, oldest first.
-    fn command_journal(
-        &self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send {
-        let _ = stream_id;
-        async {
-            Err(StoreError::Unsupported {
-                operation: "command_journal",
-            })
-        }
-    }
-
-    /// Up to `limit` events of one business transaction (one correlation
-    /// id), across streams, in log order, from `from_position` (inclusive)
-    /// on: its audit trail, a page at a time (pass the last position + 1 to
-    /// read on). Stores index it; the default pages through the global log
-    /// from `from_position`, holding at most `limit` events.
-    fn read_correlation(
-        &self,
-        correlation_id: Uuid,
-        from_position: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        let log = self.log_events(from_position);
-        async move {
-            log.filter(|e| {
-                let keep = match e {
-                    Ok(e) => e.metadata.correlation_id == Some(correlation_id),
-                    Err(_) => true,
-                };
-                futures::future::ready(keep)
-            })
-            .take(limit)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
-        }
-    }
-
-    /// Closes a stream: every later append to it fails with
-    /// [`StoreError::StreamClosed`]; its events stay readable.
-    fn close_stream(
-        &self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = stream_id;
-        async {
-            Err(StoreError::Unsupported {
-                operation: "close_stream",
-            })
-        }
-    }
-
-    /// Erases a stream's personal data: closes it, replaces every payload
-    /// with `{}`, drops the actor and user keys from the metadata, and
-    /// stamps `metadata.erased_at`; in its command journal, drops the
-    /// payloads, actors and user keys and replaces rejection texts with
-    /// [`JournalOutcome::ERASED_ERROR`]; drops its snapshot; and where the
-    /// store keeps parked events, replaces their error texts too. The events keep their ids, types,
-    /// versions and positions, so the log keeps its shape: projections skip
-    /// erased events (their checkpoints move past them) and loading the
-    /// aggregate fails with [`crate::DecodeErrorKind::Erased`]. Returns how
-    /// many events were erased.
-    fn erase_stream(
-        &self,
-        stream_id: &StreamId,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        let _ = stream_id;
-        async {
-            Err(StoreError::Unsupported {
-                operation: "erase_stream",
-            })
-        }
-    }
-
     /// Streams one stream's events from `from_version` to its current end,
     /// a page at a time, without holding the whole stream in memory.
     fn stream_events(&self, stream_id: &StreamId, from_version: u64) -> EventStream {
@@ -374,6 +234,105 @@ pub trait EventStore: Clone + Send + Sync + 'static {
             .map(|item| item.map(LogItem::Event))
             .boxed()
     }
+}
+
+/// A store that keeps snapshots of aggregates' state, so
+/// [`crate::Repository::with_snapshots`] can load the latest one and only
+/// the events after it.
+pub trait SnapshotStore: EventStore {
+    /// The latest snapshot of a stream, if there is one.
+    fn load_snapshot(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Stores a snapshot of a stream, replacing an older one (a snapshot
+    /// older than the stored one is ignored).
+    fn save_snapshot(
+        &self,
+        stream_id: &StreamId,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A store that records commands: idempotent commands (a command id that
+/// already produced events returns that first outcome) and the command
+/// journal ([`crate::Repository::with_journal`]).
+pub trait CommandStore: EventStore {
+    /// Appends the events a command produced and records the command, all or
+    /// nothing. When the command id was already recorded as accepted,
+    /// nothing is appended and the error
+    /// [`StoreError::CommandAlreadyExecuted`] says where its events are. A
+    /// re-sent append (same event ids) returns the first result, as
+    /// [`EventStore::append`] does.
+    fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Records a command the aggregate refused (for journals that keep
+    /// rejections).
+    fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The recorded command with this id, if any.
+    fn find_command(
+        &self,
+        command_id: Uuid,
+    ) -> impl Future<Output = Result<Option<JournalEntry>, StoreError>> + Send;
+
+    /// The commands recorded for a stream, oldest first.
+    fn command_journal(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
+}
+
+/// A store that reads one business transaction (one correlation id)
+/// across streams: the audit trail.
+pub trait CorrelationStore: EventStore {
+    /// Up to `limit` events of one business transaction (one correlation
+    /// id), across streams, in log order, from `from_position` (inclusive)
+    /// on: its audit trail, a page at a time (pass the last position + 1 to
+    /// read on).
+    fn read_correlation(
+        &self,
+        correlation_id: Uuid,
+        from_position: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+}
+
+/// A store whose streams can be closed and erased (personal data).
+pub trait StreamLifecycle: EventStore {
+    /// Closes a stream: every later append to it fails with
+    /// [`StoreError::StreamClosed`]; its events stay readable.
+    fn close_stream(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Erases a stream's personal data: closes it, replaces every payload
+    /// with `{}`, drops the actor and user keys from the metadata, and
+    /// stamps `metadata.erased_at`; in its command journal, drops the
+    /// payloads, actors and user keys and replaces rejection texts with
+    /// [`JournalOutcome::ERASED_ERROR`]; drops its snapshot; and where the
+    /// store keeps parked events, replaces their error texts too. The events keep their ids, types,
+    /// versions and positions, so the log keeps its shape: projections skip
+    /// erased events (their checkpoints move past them) and loading the
+    /// aggregate fails with [`crate::DecodeErrorKind::Erased`]. Returns how
+    /// many events were erased.
+    fn erase_stream(
+        &self,
+        stream_id: &StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// Pages through reads until one returns fewer than a full page.

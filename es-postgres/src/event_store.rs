@@ -3,8 +3,9 @@
 //! subscription).
 
 use es_core::{
-    CommandRecord, EventStore, EventStream, ExpectedVersion, JournalEntry, NewEvent, RecordedEvent,
-    Snapshot, StoreError, StreamAppend, StreamId,
+    CommandRecord, CommandStore, CorrelationStore, EventStore, EventStream, ExpectedVersion,
+    JournalEntry, NewEvent, RecordedEvent, Snapshot, SnapshotStore, StoreError, StreamAppend,
+    StreamId, StreamLifecycle,
 };
 
 use crate::error::unavailable_or_backend;
@@ -18,66 +19,6 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.append_pooled(stream_id, expected, events, None).await
-    }
-
-    async fn append_for_command(
-        &self,
-        command: &CommandRecord,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        es_core::limits::check_command(stream_id, command, None)?;
-        self.append_pooled(stream_id, expected, events, Some(command))
-            .await
-    }
-
-    async fn record_rejected_command(
-        &self,
-        command: &CommandRecord,
-        stream_id: &StreamId,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        es_core::limits::check_command(stream_id, command, Some(error))?;
-        journal::record_rejected(self, command, stream_id, error).await
-    }
-
-    async fn find_command(
-        &self,
-        command_id: uuid::Uuid,
-    ) -> Result<Option<JournalEntry>, StoreError> {
-        journal::find(self, command_id).await
-    }
-
-    async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
-        es_core::backend::check_stream_id(stream_id)?;
-        journal::of_stream(self, stream_id).await
-    }
-
-    async fn read_correlation(
-        &self,
-        correlation_id: uuid::Uuid,
-        from_position: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.fetch_correlation(correlation_id, from_position, limit)
-            .await
-    }
-
-    async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
-        es_core::backend::check_stream_id(stream_id)?;
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
-            .await
-            .map_err(unavailable_or_backend)?;
-        journal::close(self, stream_id, &mut conn).await
-    }
-
-    async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
-        es_core::backend::check_stream_id(stream_id)?;
-        journal::erase(self, stream_id).await
     }
 
     async fn append_atomic(
@@ -122,7 +63,9 @@ impl EventStore for PgEventStore {
     fn subscribe_rows(&self, from_position: u64) -> es_core::backend::LogStream {
         subscription::subscribe_rows(self.clone(), from_position)
     }
+}
 
+impl SnapshotStore for PgEventStore {
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         es_core::backend::check_stream_id(stream_id)?;
         self.fetch_snapshot(stream_id).await
@@ -135,5 +78,71 @@ impl EventStore for PgEventStore {
     ) -> Result<(), StoreError> {
         es_core::limits::check_snapshot(stream_id, &snapshot)?;
         self.store_snapshot(stream_id, snapshot).await
+    }
+}
+
+impl CommandStore for PgEventStore {
+    async fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        es_core::limits::check_command(stream_id, command, None)?;
+        self.append_pooled(stream_id, expected, events, Some(command))
+            .await
+    }
+
+    async fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        es_core::limits::check_command(stream_id, command, Some(error))?;
+        journal::record_rejected(self, command, stream_id, error).await
+    }
+
+    async fn find_command(
+        &self,
+        command_id: uuid::Uuid,
+    ) -> Result<Option<JournalEntry>, StoreError> {
+        journal::find(self, command_id).await
+    }
+
+    async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        es_core::backend::check_stream_id(stream_id)?;
+        journal::of_stream(self, stream_id).await
+    }
+}
+
+impl CorrelationStore for PgEventStore {
+    async fn read_correlation(
+        &self,
+        correlation_id: uuid::Uuid,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.fetch_correlation(correlation_id, from_position, limit)
+            .await
+    }
+}
+
+impl StreamLifecycle for PgEventStore {
+    async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        es_core::backend::check_stream_id(stream_id)?;
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?;
+        journal::close(self, stream_id, &mut conn).await
+    }
+
+    async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        es_core::backend::check_stream_id(stream_id)?;
+        journal::erase(self, stream_id).await
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use es_core::projection::{HandlerError, Projection, ProjectionOptions};
 use es_core::{
     EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreError, StreamId,
+    StreamLifecycle,
 };
 use es_postgres::sqlx::{self, PgConnection};
 use es_postgres::PgEventStore;

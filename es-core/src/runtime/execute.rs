@@ -45,12 +45,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         Some(JournalPolicy {
                             rejections: true, ..
                         }),
-                    ) = (record, &self.journal)
+                        Some(commands),
+                    ) = (record, &self.journal, &self.commands)
                     {
-                        if let Err(e) = self
-                            .store
-                            .record_rejected_command(record, &stream_id, &error.to_string())
-                            .await
+                        let reason = error.to_string();
+                        if let Err(e) =
+                            (commands.reject)(&self.store, record, &stream_id, &reason).await
                         {
                             tracing::warn!(stream = %stream_id, error = %e, "cannot journal a rejected command");
                         }
@@ -158,6 +158,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         if self.journal.is_none() && !context.idempotent {
             return Ok(None);
         }
+        if self.commands.is_none() {
+            // Nothing could remember the command id: say so rather than
+            // run it twice on a repeat.
+            return Err(CommandError::Store(StoreError::Unsupported {
+                operation: "idempotent commands (the store keeps no command records)",
+            }));
+        }
         let payload = match &self.journal {
             Some(journal) => Some(Payload::from_json_unchecked(
                 (journal.encode)(command).map_err(crate::error::EncodeError::from)?,
@@ -200,7 +207,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Saves a snapshot; a failure only costs a longer load later.
     pub(super) async fn save_snapshot(
         &self,
-        policy: &SnapshotPolicy<A>,
+        policy: &SnapshotPolicy<A, S>,
         stream_id: &StreamId,
         state: &A,
         version: u64,
@@ -218,7 +225,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             state,
             taken_at: chrono::Utc::now(),
         };
-        if let Err(error) = self.store.save_snapshot(stream_id, snapshot).await {
+        if let Err(error) = (policy.ops.save)(&self.store, stream_id, snapshot).await {
             tracing::warn!(stream = %stream_id, %error, "cannot save a snapshot");
         }
     }
@@ -236,13 +243,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut backoff = self.retry.initial_backoff;
         let mut retries = 0;
         loop {
-            let sent = match command {
-                Some(command) => {
-                    self.store
-                        .append_for_command(command, stream_id, expected, events.clone())
+            let sent = match (command, &self.commands) {
+                (Some(command), Some(commands)) => {
+                    (commands.append)(&self.store, command, stream_id, expected, events.clone())
                         .await
                 }
-                None => self.store.append(stream_id, expected, events.clone()).await,
+                // A command record exists only with a command store.
+                _ => self.store.append(stream_id, expected, events.clone()).await,
             };
             match sent {
                 Err(e) if e.is_transient() && retries < self.retry.max_transient_retries => {

@@ -63,7 +63,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             replayed: 0,
         };
         if let Some(policy) = &self.snapshots {
-            if let Some(snapshot) = self.store.load_snapshot(stream_id).await? {
+            if let Some(snapshot) = (policy.ops.load)(&self.store, stream_id).await? {
                 if snapshot.schema_version != policy.schema_version {
                     tracing::info!(stream = %stream_id, found = snapshot.schema_version, current = policy.schema_version, "ignoring a snapshot of another format; replaying in full");
                 } else {

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aggregate::{Aggregate, RoutedCommand};
-use crate::error::CommandError;
-use crate::event::RecordedEvent;
+use crate::error::{CommandError, StoreError};
+use crate::event::{NewEvent, RecordedEvent};
 use crate::metadata::CommandContext;
-use crate::store::{EventStore, JournalOutcome};
-use crate::version::StreamId;
+use crate::store::{
+    CommandRecord, CommandStore, EventStore, JournalEntry, JournalOutcome, Snapshot, SnapshotStore,
+};
+use crate::version::{ExpectedVersion, StreamId};
 
 mod cache;
 mod execute;
@@ -174,7 +176,7 @@ pub struct CommandOutcome<E> {
 /// #     }
 /// #     fn apply(&mut self, e: &CounterEvent) { let CounterEvent::Incremented { by } = e; self.value += by; }
 /// # }
-/// # async fn run<S: EventStore>(store: S) -> Result<(), CommandError<Overflow>> {
+/// # async fn run<S: CommandStore>(store: S) -> Result<(), CommandError<Overflow>> {
 /// let counters = Repository::<Counter, _>::new(store);
 /// let outcome = counters
 ///     .execute(CounterCommand::Increment { id: "c1".into(), by: 2 })
@@ -188,9 +190,99 @@ pub struct Repository<A: Aggregate, S> {
     store: S,
     services: Arc<A::Services>,
     retry: RetryPolicy,
-    snapshots: Option<SnapshotPolicy<A>>,
+    snapshots: Option<SnapshotPolicy<A, S>>,
     journal: Option<JournalPolicy<A>>,
+    /// The store's command records, when it keeps them ([`CommandStore`]):
+    /// taken at construction, so the runtime needs no bound for them.
+    commands: Option<CommandOps<S>>,
     cache: Option<Arc<AggregateCache<A>>>,
+}
+
+type StoreFuture<'a, T> = futures::future::BoxFuture<'a, Result<T, StoreError>>;
+
+/// A [`CommandStore`]'s methods, as the runtime calls them.
+pub(super) struct CommandOps<S> {
+    pub(super) find: for<'a> fn(&'a S, uuid::Uuid) -> StoreFuture<'a, Option<JournalEntry>>,
+    #[allow(clippy::type_complexity)]
+    pub(super) append: for<'a> fn(
+        &'a S,
+        &'a CommandRecord,
+        &'a StreamId,
+        ExpectedVersion,
+        Vec<NewEvent>,
+    ) -> StoreFuture<'a, Vec<RecordedEvent>>,
+    pub(super) reject:
+        for<'a> fn(&'a S, &'a CommandRecord, &'a StreamId, &'a str) -> StoreFuture<'a, ()>,
+}
+
+impl<S> Clone for CommandOps<S> {
+    fn clone(&self) -> Self {
+        CommandOps { ..*self }
+    }
+}
+
+impl<S: CommandStore> CommandOps<S> {
+    fn of() -> Self {
+        fn find<S: CommandStore>(s: &S, id: uuid::Uuid) -> StoreFuture<'_, Option<JournalEntry>> {
+            Box::pin(s.find_command(id))
+        }
+        fn append<'a, S: CommandStore>(
+            s: &'a S,
+            command: &'a CommandRecord,
+            stream: &'a StreamId,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> StoreFuture<'a, Vec<RecordedEvent>> {
+            Box::pin(s.append_for_command(command, stream, expected, events))
+        }
+        fn reject<'a, S: CommandStore>(
+            s: &'a S,
+            command: &'a CommandRecord,
+            stream: &'a StreamId,
+            error: &'a str,
+        ) -> StoreFuture<'a, ()> {
+            Box::pin(s.record_rejected_command(command, stream, error))
+        }
+        CommandOps {
+            find: find::<S>,
+            append: append::<S>,
+            reject: reject::<S>,
+        }
+    }
+}
+
+/// A [`SnapshotStore`]'s methods, as the runtime calls them.
+pub(super) struct SnapshotOps<S> {
+    pub(super) load: for<'a> fn(&'a S, &'a StreamId) -> StoreFuture<'a, Option<Snapshot>>,
+    pub(super) save: for<'a> fn(&'a S, &'a StreamId, Snapshot) -> StoreFuture<'a, ()>,
+}
+
+impl<S> Clone for SnapshotOps<S> {
+    fn clone(&self) -> Self {
+        SnapshotOps { ..*self }
+    }
+}
+
+impl<S: SnapshotStore> SnapshotOps<S> {
+    fn of() -> Self {
+        fn load<'a, S: SnapshotStore>(
+            s: &'a S,
+            stream: &'a StreamId,
+        ) -> StoreFuture<'a, Option<Snapshot>> {
+            Box::pin(s.load_snapshot(stream))
+        }
+        fn save<'a, S: SnapshotStore>(
+            s: &'a S,
+            stream: &'a StreamId,
+            snapshot: Snapshot,
+        ) -> StoreFuture<'a, ()> {
+            Box::pin(s.save_snapshot(stream, snapshot))
+        }
+        SnapshotOps {
+            load: load::<S>,
+            save: save::<S>,
+        }
+    }
 }
 
 /// How the command journal records commands.
@@ -216,16 +308,20 @@ pub enum AsOf {
 }
 
 /// When and how to snapshot an aggregate's state.
-struct SnapshotPolicy<A> {
+struct SnapshotPolicy<A, S> {
     every: u64,
     schema_version: u32,
     encode: fn(&A) -> Result<String, serde_json::Error>,
     decode: fn(&str) -> Result<A, serde_json::Error>,
+    ops: SnapshotOps<S>,
 }
 
-impl<A> Clone for SnapshotPolicy<A> {
+impl<A, S> Clone for SnapshotPolicy<A, S> {
     fn clone(&self) -> Self {
-        SnapshotPolicy { ..*self }
+        SnapshotPolicy {
+            ops: self.ops.clone(),
+            ..*self
+        }
     }
 }
 
@@ -237,13 +333,17 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
             retry: self.retry,
             snapshots: self.snapshots.clone(),
             journal: self.journal.clone(),
+            commands: self.commands.clone(),
             cache: self.cache.clone(),
         }
     }
 }
 
-impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// A repository for an aggregate that needs no services (or default ones).
+impl<A: Aggregate, S: CommandStore> Repository<A, S> {
+    /// A repository for an aggregate that needs no services (or default
+    /// ones). The store records commands ([`CommandStore`]), so a command
+    /// given an id (`CommandContext::with_command_id`) is idempotent; for a
+    /// store that keeps only the log, see [`Repository::log_only`].
     pub fn new(store: S) -> Self
     where
         A::Services: Default,
@@ -253,12 +353,34 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// A repository whose aggregates consult `services` when deciding.
     pub fn with_services(store: S, services: A::Services) -> Self {
+        let mut repository = Self::log_only_with_services(store, services);
+        repository.commands = Some(CommandOps::of());
+        repository
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository over a store that keeps only the log (no
+    /// [`CommandStore`]): commands run as usual, but a context given a
+    /// command id (`CommandContext::with_command_id`) is refused with
+    /// [`StoreError::Unsupported`], since nothing could remember it; a
+    /// journal ([`Repository::with_journal`]) needs a [`CommandStore`].
+    pub fn log_only(store: S) -> Self
+    where
+        A::Services: Default,
+    {
+        Self::log_only_with_services(store, A::Services::default())
+    }
+
+    /// [`Repository::log_only`] with services.
+    pub fn log_only_with_services(store: S, services: A::Services) -> Self {
         Repository {
             store,
             services: Arc::new(services),
             retry: RetryPolicy::default(),
             snapshots: None,
             journal: None,
+            commands: None,
             cache: None,
         }
     }
@@ -295,7 +417,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     pub fn with_journal(mut self, journal: Journal) -> Self
     where
         A::Command: serde::Serialize,
+        S: CommandStore,
     {
+        self.commands = Some(CommandOps::of());
         self.journal = Some(JournalPolicy {
             encode: |command| serde_json::to_string(command),
             rejections: matches!(journal, Journal::AcceptedAndRejected),
@@ -315,12 +439,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self
     where
         A: serde::Serialize + serde::de::DeserializeOwned,
+        S: SnapshotStore,
     {
         self.snapshots = Some(SnapshotPolicy {
             every: snapshots.every,
             schema_version: snapshots.format,
             encode: |state| serde_json::to_string(state),
             decode: |text| serde_json::from_str(text),
+            ops: SnapshotOps::of(),
         });
         self
     }
@@ -394,8 +520,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         context: CommandContext,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let record = self.command_record(&command, &context)?;
-        if let Some(record) = &record {
-            if let Some(entry) = self.store.find_command(record.command_id).await? {
+        if let (Some(record), Some(commands)) = (&record, &self.commands) {
+            if let Some(entry) = (commands.find)(&self.store, record.command_id).await? {
                 if let JournalOutcome::Accepted {
                     first_version,
                     last_version,

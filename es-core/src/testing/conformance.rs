@@ -9,7 +9,9 @@
 //! es_core::conformance_suite!(|| async { es_memory::MemoryStore::new() });
 //! ```
 //!
-//! Each clause is also a public async function, to run by hand.
+//! Each clause is also a public async function, to run by hand. Clauses are
+//! grouped by capability (see [`conformance_suite!`]): a store that
+//! implements only [`EventStore`] runs the `log` section.
 //!
 //! [`conformance_suite!`]: crate::conformance_suite
 
@@ -23,7 +25,10 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{NewEvent, Payload, RecordedEvent};
 use crate::metadata::Metadata;
-use crate::store::{CommandRecord, EventStore, JournalOutcome, Snapshot, StreamAppend};
+use crate::store::{
+    CommandRecord, CommandStore, CorrelationStore, EventStore, JournalOutcome, Snapshot,
+    SnapshotStore, StreamAppend, StreamLifecycle,
+};
 use crate::version::{ExpectedVersion, StreamId};
 
 /// How many tasks the concurrency clauses run at once.
@@ -32,53 +37,114 @@ pub const CONCURRENT_TASKS: usize = 8;
 /// How long a clause waits for a subscription before it fails.
 const SUBSCRIPTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Generates one `#[test]` per clause of the store contract.
+/// Generates one `#[test]` per clause of the store contract, in one module
+/// per section: `log` (the [`EventStore`] core, every store), `snapshots`
+/// ([`SnapshotStore`]), `commands` ([`CommandStore`]), `correlation`
+/// ([`CorrelationStore`]), `lifecycle` ([`StreamLifecycle`]) and `every`
+/// (clauses that cross capabilities: all of them).
 ///
-/// The argument is a closure returning a future of a fresh, empty store.
+/// The argument is a closure returning a future of a fresh, empty store;
+/// after a `;`, the sections to run, for a store with only some
+/// capabilities:
+///
+/// ```text
+/// es_core::conformance_suite!(|| async { MyStore::fresh().await });                 // all
+/// es_core::conformance_suite!(|| async { MyStore::fresh().await }; log, snapshots); // some
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr) => {
-        $crate::conformance_suite!(@clauses $factory;
-            append_assigns_contiguous_versions_from_one,
-            recorded_events_keep_every_field,
-            expected_version_any,
-            expected_version_no_stream,
-            expected_version_stream_exists,
-            expected_version_exact,
-            failed_append_writes_nothing,
-            empty_append_checks_expectation_and_writes_nothing,
-            retried_append_stores_nothing_twice,
-            reused_event_id_with_other_content_is_refused,
-            retry_compares_payloads_as_json_values,
-            repeated_event_id_within_one_append_is_refused,
-            reserved_metadata_keys_are_refused,
-            read_stream_pages_from_a_version,
-            read_all_pages_in_one_stable_order,
-            stream_ids_are_stored_literally,
-            concurrent_appends_to_one_stream_lose_nothing,
-            concurrent_appends_to_distinct_streams_lose_nothing,
-            concurrent_retries_of_one_append_store_it_once,
-            subscription_catches_up_then_follows_live_writers,
-            subscription_starts_at_the_given_position,
-            subscription_on_empty_log_waits_for_the_first_event,
-            atomic_append_across_streams_stores_all_or_nothing,
-            atomic_append_refuses_a_stream_twice,
-            atomic_append_retried_stores_nothing_twice,
-            concurrent_atomic_transfers_are_never_half_stored,
-            snapshots_keep_the_latest,
-            streamed_reads_page_through_everything,
-            a_command_id_is_executed_once,
-            concurrent_repeats_of_one_command_append_once,
-            the_journal_lists_accepted_and_rejected_commands,
-            correlation_reads_one_business_transaction,
-            a_closed_stream_takes_no_more_events,
-            erasing_a_stream_keeps_the_log_shape,
-            erasing_a_stream_erases_its_journal,
-            bad_stream_ids_are_refused_by_every_operation,
-            events_a_store_cannot_hold_are_refused_and_write_nothing,
-            oversized_payloads_and_appends_are_refused_by_size,
-            exactly_one_winner_per_expected_version,
-        );
+        $crate::conformance_suite!($factory; log, snapshots, commands, correlation, lifecycle, every);
+    };
+    ($factory:expr; $($section:ident),+ $(,)?) => {
+        $($crate::conformance_suite!(@section $section $factory);)+
+    };
+    (@section log $factory:expr) => {
+        mod log {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@clauses $factory;
+                append_assigns_contiguous_versions_from_one,
+                recorded_events_keep_every_field,
+                expected_version_any,
+                expected_version_no_stream,
+                expected_version_stream_exists,
+                expected_version_exact,
+                failed_append_writes_nothing,
+                empty_append_checks_expectation_and_writes_nothing,
+                retried_append_stores_nothing_twice,
+                reused_event_id_with_other_content_is_refused,
+                retry_compares_payloads_as_json_values,
+                repeated_event_id_within_one_append_is_refused,
+                reserved_metadata_keys_are_refused,
+                read_stream_pages_from_a_version,
+                read_all_pages_in_one_stable_order,
+                stream_ids_are_stored_literally,
+                concurrent_appends_to_one_stream_lose_nothing,
+                concurrent_appends_to_distinct_streams_lose_nothing,
+                concurrent_retries_of_one_append_store_it_once,
+                subscription_catches_up_then_follows_live_writers,
+                subscription_starts_at_the_given_position,
+                subscription_on_empty_log_waits_for_the_first_event,
+                atomic_append_across_streams_stores_all_or_nothing,
+                atomic_append_refuses_a_stream_twice,
+                atomic_append_retried_stores_nothing_twice,
+                concurrent_atomic_transfers_are_never_half_stored,
+                streamed_reads_page_through_everything,
+                events_a_store_cannot_hold_are_refused_and_write_nothing,
+                exactly_one_winner_per_expected_version,
+            );
+        }
+    };
+    (@section snapshots $factory:expr) => {
+        mod snapshots {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@clauses $factory;
+                snapshots_keep_the_latest,
+                oversized_payloads_and_appends_are_refused_by_size,
+            );
+        }
+    };
+    (@section commands $factory:expr) => {
+        mod commands {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@clauses $factory;
+                a_command_id_is_executed_once,
+                concurrent_repeats_of_one_command_append_once,
+                the_journal_lists_accepted_and_rejected_commands,
+            );
+        }
+    };
+    (@section correlation $factory:expr) => {
+        mod correlation {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@clauses $factory;
+                correlation_reads_one_business_transaction,
+            );
+        }
+    };
+    (@section lifecycle $factory:expr) => {
+        mod lifecycle {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@clauses $factory;
+                erasing_a_stream_keeps_the_log_shape,
+            );
+        }
+    };
+    (@section every $factory:expr) => {
+        mod every {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@clauses $factory;
+                a_closed_stream_takes_no_more_events,
+                erasing_a_stream_erases_its_journal,
+                bad_stream_ids_are_refused_by_every_operation,
+            );
+        }
     };
     (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
         $(
@@ -1085,7 +1151,7 @@ pub async fn concurrent_atomic_transfers_are_never_half_stored<S: EventStore>(st
 
 /// A store keeps the latest snapshot of each stream; an older one never
 /// replaces a newer one.
-pub async fn snapshots_keep_the_latest<S: EventStore>(store: S) {
+pub async fn snapshots_keep_the_latest<S: SnapshotStore>(store: S) {
     let stream = StreamId::from("snap-1");
     assert_eq!(store.load_snapshot(&stream).await.unwrap(), None);
     let snapshot = |version: u64| Snapshot {
@@ -1167,7 +1233,7 @@ fn command(id: Uuid, payload: Option<serde_json::Value>) -> CommandRecord {
 
 /// A command id produces events once: a second execution (new event ids)
 /// is refused with where the first one's events are, and appends nothing.
-pub async fn a_command_id_is_executed_once<S: EventStore>(store: S) {
+pub async fn a_command_id_is_executed_once<S: CommandStore>(store: S) {
     let stream = StreamId::from("cmd-1");
     let record = command(Uuid::now_v7(), None);
     let first = store
@@ -1231,7 +1297,7 @@ pub async fn a_command_id_is_executed_once<S: EventStore>(store: S) {
 
 /// The same command sent by many tasks at once appends once; every other
 /// sender learns where its events are.
-pub async fn concurrent_repeats_of_one_command_append_once<S: EventStore>(store: S) {
+pub async fn concurrent_repeats_of_one_command_append_once<S: CommandStore>(store: S) {
     let stream = StreamId::from("cmd-storm");
     let record = command(Uuid::now_v7(), None);
     let mut tasks = Vec::new();
@@ -1274,7 +1340,7 @@ pub async fn concurrent_repeats_of_one_command_append_once<S: EventStore>(store:
 /// The journal lists a stream's commands in order: accepted ones with the
 /// versions they produced, rejected ones with their error, each with its
 /// payload and context.
-pub async fn the_journal_lists_accepted_and_rejected_commands<S: EventStore>(store: S) {
+pub async fn the_journal_lists_accepted_and_rejected_commands<S: CommandStore>(store: S) {
     let stream = StreamId::from("journal-1");
     let accepted = command(Uuid::now_v7(), Some(serde_json::json!({ "amount": 5 })));
     let rejected = command(Uuid::now_v7(), Some(serde_json::json!({ "amount": 500 })));
@@ -1321,7 +1387,7 @@ pub async fn the_journal_lists_accepted_and_rejected_commands<S: EventStore>(sto
 }
 
 /// One correlation id's events, across streams, in log order.
-pub async fn correlation_reads_one_business_transaction<S: EventStore>(store: S) {
+pub async fn correlation_reads_one_business_transaction<S: CorrelationStore>(store: S) {
     let correlation = Uuid::now_v7();
     let correlated = |n: u64| {
         NewEvent::raw(
@@ -1386,7 +1452,7 @@ pub async fn correlation_reads_one_business_transaction<S: EventStore>(store: S)
 
 /// A closed stream refuses appends, with a typed error; its events stay
 /// readable and other streams are not affected.
-pub async fn a_closed_stream_takes_no_more_events<S: EventStore>(store: S) {
+pub async fn a_closed_stream_takes_no_more_events<S: StreamLifecycle + CommandStore>(store: S) {
     let stream = StreamId::from("closing-1");
     store
         .append(&stream, ExpectedVersion::Any, events(0..2))
@@ -1426,7 +1492,7 @@ pub async fn a_closed_stream_takes_no_more_events<S: EventStore>(store: S) {
 /// Erasing a stream blanks its payloads and personal metadata but keeps
 /// every event's id, type, version and position; the stream is closed and
 /// its events no longer decode.
-pub async fn erasing_a_stream_keeps_the_log_shape<S: EventStore>(store: S) {
+pub async fn erasing_a_stream_keeps_the_log_shape<S: StreamLifecycle>(store: S) {
     let stream = StreamId::from("person-1");
     let personal = |n: u64| {
         let mut metadata = Metadata::new().with("email", "ada@example.com");
@@ -1500,7 +1566,7 @@ pub async fn erasing_a_stream_keeps_the_log_shape<S: EventStore>(store: S) {
 /// too: payloads, who asked, user keys, and the text of rejections (which
 /// may quote the data). The journal keeps its shape (ids, types, outcomes,
 /// versions); other streams' commands are untouched.
-pub async fn erasing_a_stream_erases_its_journal<S: EventStore>(store: S) {
+pub async fn erasing_a_stream_erases_its_journal<S: StreamLifecycle + CommandStore>(store: S) {
     let stream = StreamId::from("person-2");
     let personal = |payload: serde_json::Value| {
         let mut record = command(Uuid::now_v7(), Some(payload));
@@ -1589,7 +1655,11 @@ fn assert_invalid_stream_id<T: std::fmt::Debug>(
 /// [`crate::limits::MAX_STREAM_ID_BYTES`]) is refused with `InvalidStreamId` by
 /// every operation that names a stream, and nothing is written; an id of
 /// exactly the limit works everywhere.
-pub async fn bad_stream_ids_are_refused_by_every_operation<S: EventStore>(store: S) {
+pub async fn bad_stream_ids_are_refused_by_every_operation<
+    S: SnapshotStore + CommandStore + StreamLifecycle,
+>(
+    store: S,
+) {
     let too_long = "x".repeat(crate::limits::MAX_STREAM_ID_BYTES + 1);
     for bad in ["", "nul\0inside", "\0", too_long.as_str()] {
         let stream = StreamId::from(bad);
@@ -1774,7 +1844,7 @@ pub async fn events_a_store_cannot_hold_are_refused_and_write_nothing<S: EventSt
 /// append above [`crate::limits::MAX_APPEND_BYTES`] is `AppendTooLarge`, a snapshot
 /// above [`crate::limits::MAX_SNAPSHOT_BYTES`] is `PayloadTooLarge`, each naming
 /// the size and the limit; nothing is written.
-pub async fn oversized_payloads_and_appends_are_refused_by_size<S: EventStore>(store: S) {
+pub async fn oversized_payloads_and_appends_are_refused_by_size<S: SnapshotStore>(store: S) {
     let stream = StreamId::from("big");
     // A JSON string of `len` bytes in all.
     let blob = |len: usize| Payload::from_json(format!("\"{}\"", "x".repeat(len - 2))).unwrap();

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::backend::{LogItem, LogStream, UnreadableEvent};
 use crate::error::StoreError;
 use crate::event::{NewEvent, RecordedEvent};
-use crate::store::{EventStore, EventStream, Snapshot, StreamAppend};
+use crate::store::{
+    CommandRecord, CommandStore, CorrelationStore, EventStore, EventStream, JournalEntry, Snapshot,
+    SnapshotStore, StreamAppend, StreamLifecycle,
+};
 use crate::version::{ExpectedVersion, StreamId};
 
 /// Wraps a store and injects faults on request: fail the next append before
@@ -144,6 +147,25 @@ impl<S> FaultyStore<S> {
     }
 }
 
+impl<S> FaultyStore<S> {
+    /// Runs one append (of any kind) through the next append fault.
+    async fn faulty_append<T>(
+        &self,
+        append: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.take_append_fault() {
+            AppendFault::FailBefore => Err(StoreError::unavailable(
+                "injected fault: append failed before reaching the store",
+            )),
+            AppendFault::LoseReply => {
+                append.await?;
+                Err(lost_reply())
+            }
+            AppendFault::None => append.await,
+        }
+    }
+}
+
 fn lost_reply() -> StoreError {
     StoreError::unavailable("injected fault: the append succeeded but its reply was lost")
 }
@@ -161,45 +183,15 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match self.take_append_fault() {
-            AppendFault::FailBefore => Err(StoreError::unavailable(
-                "injected fault: append failed before reaching the store",
-            )),
-            AppendFault::LoseReply => {
-                self.inner.append(stream_id, expected, events).await?;
-                Err(lost_reply())
-            }
-            AppendFault::None => self.inner.append(stream_id, expected, events).await,
-        }
+        self.faulty_append(self.inner.append(stream_id, expected, events))
+            .await
     }
 
     async fn append_atomic(
         &self,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        match self.take_append_fault() {
-            AppendFault::FailBefore => Err(StoreError::unavailable(
-                "injected fault: append failed before reaching the store",
-            )),
-            AppendFault::LoseReply => {
-                self.inner.append_atomic(appends).await?;
-                Err(lost_reply())
-            }
-            AppendFault::None => self.inner.append_atomic(appends).await,
-        }
-    }
-
-    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        self.take_read_fault()?;
-        self.inner.load_snapshot(stream_id).await
-    }
-
-    async fn save_snapshot(
-        &self,
-        stream_id: &StreamId,
-        snapshot: Snapshot,
-    ) -> Result<(), StoreError> {
-        self.inner.save_snapshot(stream_id, snapshot).await
+        self.faulty_append(self.inner.append_atomic(appends)).await
     }
 
     async fn read_stream(
@@ -282,5 +274,87 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
                 other => other,
             })
             .boxed()
+    }
+}
+
+// Each capability the wrapped store has, the wrapper has too: appends
+// through the append faults, reads through the read faults.
+
+impl<S: SnapshotStore> SnapshotStore for FaultyStore<S> {
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.take_read_fault()?;
+        self.inner.load_snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream_id: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        self.inner.save_snapshot(stream_id, snapshot).await
+    }
+}
+
+impl<S: CommandStore> CommandStore for FaultyStore<S> {
+    async fn append_for_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.faulty_append(
+            self.inner
+                .append_for_command(command, stream_id, expected, events),
+        )
+        .await
+    }
+
+    async fn record_rejected_command(
+        &self,
+        command: &CommandRecord,
+        stream_id: &StreamId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_rejected_command(command, stream_id, error)
+            .await
+    }
+
+    async fn find_command(
+        &self,
+        command_id: uuid::Uuid,
+    ) -> Result<Option<JournalEntry>, StoreError> {
+        self.take_read_fault()?;
+        self.inner.find_command(command_id).await
+    }
+
+    async fn command_journal(&self, stream_id: &StreamId) -> Result<Vec<JournalEntry>, StoreError> {
+        self.take_read_fault()?;
+        self.inner.command_journal(stream_id).await
+    }
+}
+
+impl<S: CorrelationStore> CorrelationStore for FaultyStore<S> {
+    async fn read_correlation(
+        &self,
+        correlation_id: uuid::Uuid,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.take_read_fault()?;
+        self.inner
+            .read_correlation(correlation_id, from_position, limit)
+            .await
+    }
+}
+
+impl<S: StreamLifecycle> StreamLifecycle for FaultyStore<S> {
+    async fn close_stream(&self, stream_id: &StreamId) -> Result<(), StoreError> {
+        self.inner.close_stream(stream_id).await
+    }
+
+    async fn erase_stream(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        self.inner.erase_stream(stream_id).await
     }
 }
