@@ -60,90 +60,74 @@ macro_rules! conformance_suite {
         $($crate::conformance_suite!(@section $section $factory);)+
     };
     (@section log $factory:expr) => {
-        mod log {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_suite!(@clauses $factory;
-                append_assigns_contiguous_versions_from_one,
-                recorded_events_keep_every_field,
-                expected_version_any,
-                expected_version_no_stream,
-                expected_version_stream_exists,
-                expected_version_exact,
-                failed_append_writes_nothing,
-                empty_append_checks_expectation_and_writes_nothing,
-                retried_append_stores_nothing_twice,
-                reused_event_id_with_other_content_is_refused,
-                retry_compares_payloads_as_json_values,
-                repeated_event_id_within_one_append_is_refused,
-                reserved_metadata_keys_are_refused,
-                read_stream_pages_from_a_version,
-                read_all_pages_in_one_stable_order,
-                stream_ids_are_stored_literally,
-                concurrent_appends_to_one_stream_lose_nothing,
-                concurrent_appends_to_distinct_streams_lose_nothing,
-                concurrent_retries_of_one_append_store_it_once,
-                subscription_catches_up_then_follows_live_writers,
-                subscription_starts_at_the_given_position,
-                subscription_on_empty_log_waits_for_the_first_event,
-                atomic_append_across_streams_stores_all_or_nothing,
-                atomic_append_refuses_a_stream_twice,
-                atomic_append_retried_stores_nothing_twice,
-                concurrent_atomic_transfers_are_never_half_stored,
-                streamed_reads_page_through_everything,
-                events_a_store_cannot_hold_are_refused_and_write_nothing,
-                exactly_one_winner_per_expected_version,
-            );
-        }
+        $crate::conformance_suite!(@module log $factory;
+            append_assigns_contiguous_versions_from_one,
+            recorded_events_keep_every_field,
+            expected_version_any,
+            expected_version_no_stream,
+            expected_version_stream_exists,
+            expected_version_exact,
+            failed_append_writes_nothing,
+            empty_append_checks_expectation_and_writes_nothing,
+            retried_append_stores_nothing_twice,
+            reused_event_id_with_other_content_is_refused,
+            retry_compares_payloads_as_json_values,
+            repeated_event_id_within_one_append_is_refused,
+            reserved_metadata_keys_are_refused,
+            read_stream_pages_from_a_version,
+            read_all_pages_in_one_stable_order,
+            stream_ids_are_stored_literally,
+            concurrent_appends_to_one_stream_lose_nothing,
+            concurrent_appends_to_distinct_streams_lose_nothing,
+            concurrent_retries_of_one_append_store_it_once,
+            subscription_catches_up_then_follows_live_writers,
+            subscription_starts_at_the_given_position,
+            subscription_on_empty_log_waits_for_the_first_event,
+            atomic_append_across_streams_stores_all_or_nothing,
+            atomic_append_refuses_a_stream_twice,
+            atomic_append_retried_stores_nothing_twice,
+            concurrent_atomic_transfers_are_never_half_stored,
+            streamed_reads_page_through_everything,
+            events_a_store_cannot_hold_are_refused_and_write_nothing,
+            exactly_one_winner_per_expected_version,
+        );
     };
     (@section snapshots $factory:expr) => {
-        mod snapshots {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_suite!(@clauses $factory;
-                snapshots_keep_the_latest,
-                oversized_payloads_and_appends_are_refused_by_size,
-            );
-        }
+        $crate::conformance_suite!(@module snapshots $factory;
+            snapshots_keep_the_latest,
+            oversized_payloads_and_appends_are_refused_by_size,
+        );
     };
     (@section commands $factory:expr) => {
-        mod commands {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_suite!(@clauses $factory;
-                a_command_id_is_executed_once,
-                concurrent_repeats_of_one_command_append_once,
-                the_journal_lists_accepted_and_rejected_commands,
-            );
-        }
+        $crate::conformance_suite!(@module commands $factory;
+            a_command_id_is_executed_once,
+            concurrent_repeats_of_one_command_append_once,
+            the_journal_lists_accepted_and_rejected_commands,
+        );
     };
     (@section correlation $factory:expr) => {
-        mod correlation {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_suite!(@clauses $factory;
-                correlation_reads_one_business_transaction,
-            );
-        }
+        $crate::conformance_suite!(@module correlation $factory;
+            correlation_reads_one_business_transaction,
+        );
     };
     (@section lifecycle $factory:expr) => {
-        mod lifecycle {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::conformance_suite!(@clauses $factory;
-                erasing_a_stream_keeps_the_log_shape,
-            );
-        }
+        $crate::conformance_suite!(@module lifecycle $factory;
+            erasing_a_stream_keeps_the_log_shape,
+        );
     };
     (@section every $factory:expr) => {
-        mod every {
+        $crate::conformance_suite!(@module every $factory;
+            a_closed_stream_takes_no_more_events,
+            erasing_a_stream_erases_its_journal,
+            bad_stream_ids_are_refused_by_every_operation,
+        );
+    };
+    // One module per section, so a test is named `<section>::<clause>`.
+    (@module $name:ident $factory:expr; $($clause:ident),* $(,)?) => {
+        mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::conformance_suite!(@clauses $factory;
-                a_closed_stream_takes_no_more_events,
-                erasing_a_stream_erases_its_journal,
-                bad_stream_ids_are_refused_by_every_operation,
-            );
+            $crate::conformance_suite!(@clauses $factory; $($clause),*);
         }
     };
     (@clauses $factory:expr; $($clause:ident),* $(,)?) => {
