@@ -234,6 +234,29 @@ struct PgProjectionTarget {
 }
 
 impl PgProjectionTarget {
+    /// Parks one event: its parked row and the checkpoint moved past it,
+    /// in one transaction.
+    async fn park_in_tx(
+        &self,
+        park: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        name: &str,
+        from: u64,
+        position: u64,
+    ) -> Result<(), BatchError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(unavailable_or_backend)?;
+        park.execute(&mut *tx)
+            .await
+            .map_err(unavailable_or_backend)?;
+        self.move_checkpoint(&mut tx, name, from, position).await?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(())
+    }
+
     /// Moves the checkpoint from `from` to `to` in `tx`, only if it is
     /// still at `from`: another instance that moved it fences this one out.
     async fn move_checkpoint(
@@ -359,27 +382,16 @@ where
         error: &str,
         from: u64,
     ) -> Result<(), BatchError> {
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(unavailable_or_backend)?;
-        sqlx::query(&self.store.inner.queries.park)
+        let park = sqlx::query(&self.store.inner.queries.park)
             .bind(projection.name())
             .bind(event.global_position as i64)
             .bind(event.event_id)
             .bind(event.stream_id.as_str())
             .bind(event.stream_version as i64)
             .bind(&*event.event_type)
-            .bind(error)
-            .execute(&mut *tx)
+            .bind(error);
+        self.park_in_tx(park, projection.name(), from, event.global_position)
             .await
-            .map_err(unavailable_or_backend)?;
-        self.move_checkpoint(&mut tx, projection.name(), from, event.global_position)
-            .await?;
-        tx.commit().await.map_err(unavailable_or_backend)?;
-        Ok(())
     }
 
     async fn park_unreadable(
@@ -390,24 +402,13 @@ where
         from: u64,
     ) -> Result<(), BatchError> {
         // The row's identity columns read fine (only the rest of it does
-        // not): copy them from the events table.
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(unavailable_or_backend)?;
-        sqlx::query(&self.store.inner.queries.park_unreadable)
+        // not): the statement copies them from the events table.
+        let park = sqlx::query(&self.store.inner.queries.park_unreadable)
             .bind(projection.name())
             .bind(row.global_position as i64)
-            .bind(error)
-            .execute(&mut *tx)
+            .bind(error);
+        self.park_in_tx(park, projection.name(), from, row.global_position)
             .await
-            .map_err(unavailable_or_backend)?;
-        self.move_checkpoint(&mut tx, projection.name(), from, row.global_position)
-            .await?;
-        tx.commit().await.map_err(unavailable_or_backend)?;
-        Ok(())
     }
 }
 
