@@ -13,12 +13,12 @@
 
 use std::time::Duration;
 
-use es::memory::MemoryStore;
-use es::prelude::*;
-use es::projection::ProjectionOptions;
-use es::view::{View, ViewStore};
-use es_postgres::sqlx;
-use es_postgres::PgEventStore;
+use evently::memory::MemoryStore;
+use evently::prelude::*;
+use evently::projection::ProjectionOptions;
+use evently::view::{View, ViewStore};
+use evently_postgres::sqlx;
+use evently_postgres::PgEventStore;
 use serde::{Deserialize, Serialize};
 
 /// What happened to an account.
@@ -59,7 +59,7 @@ pub struct Account {
 }
 
 impl Account {
-    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         use AccountCommand::*;
         match command {
             Open { .. } if self.open => Err(AccountError::AlreadyOpen),
@@ -224,7 +224,7 @@ async fn run<S: EventStore + CommandStore>(store: S) -> Result<u64, Box<dyn std:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use es::testing::given;
+    use evently::testing::given;
 
     fn opened() -> AccountEvent {
         AccountEvent::Opened {

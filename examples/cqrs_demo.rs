@@ -1,4 +1,4 @@
-//! cqrs-demo's bank account (the reference example of cqrs-es), on `es`:
+//! cqrs-demo's bank account (the reference example of cqrs-es), on `evently`:
 //! the same commands, events, services, rules and `BankAccountView`. It
 //! runs in memory; the same types run on PostgreSQL (see the bank_account
 //! example). Run it with `cargo run --example cqrs_demo`; its
@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use es::prelude::*;
-use es::view::View;
+use evently::prelude::*;
+use evently::view::View;
 use serde::{Deserialize, Serialize};
 
 // No id field: a command is sent to an account by id (`execute_on`).
@@ -64,7 +64,7 @@ pub struct BankAccount {
 }
 
 impl BankAccount {
-    async fn handle(
+    async fn decide(
         &self,
         command: BankAccountCommand,
         services: &BankAccountServices,
@@ -176,9 +176,9 @@ impl BankAccountApi for HappyPath {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    use es::{projection::ProjectionOptions, view::ViewStore};
+    use evently::{projection::ProjectionOptions, view::ViewStore};
     use std::time::Duration;
-    let store = es::memory::MemoryStore::new();
+    let store = evently::memory::MemoryStore::new();
     let services: BankAccountServices = Arc::new(HappyPath);
     let accounts = Repository::<BankAccount, _>::with_services(store.clone(), services);
     let views = store
@@ -241,7 +241,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use es::testing::Scenario;
+    use evently::testing::Scenario;
     use BankAccountEvent::*;
 
     fn scenario() -> Scenario<BankAccount> {

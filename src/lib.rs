@@ -1,42 +1,42 @@
-//! Event sourcing and CQRS for Rust in one dependency: the model and derives
-//! (`Event`, `Command`, `Aggregate`), the [`EventStore`] trait and the
-//! command runtime ([`Repository`]) from `es-core`, and, with the default
-//! `memory` feature, the in-memory store as [`memory`]; with the `postgres`
-//! feature, the PostgreSQL store as `postgres` (`es::postgres::PgEventStore`).
+//! The README follows: each of its code
+//! blocks is a doc test of this crate, compiled by `cargo test` (blocks that
+//! need a PostgreSQL server are compiled, not run; `tests/readme.rs` runs
+//! the in-memory ones).
 //!
-//! `use es::prelude::*;` brings what the README's snippets use; store
+//! `use evently::prelude::*;` brings what the README's snippets use; store
 //! authors find their helpers in [`backend`].
-
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-// Lets the derives name this crate as `::es` from inside it too.
-extern crate self as es;
+// Lets the derives name this crate as `::evently` from inside it too.
+extern crate self as evently;
 
-// The user API of `es-core`, named one by one: what only a store author
-// needs stays in `es::backend` instead of the crate root.
-pub use es_core::{
+// The user API of `evently-core`, named one by one: what only a store author
+// needs stays in `evently::backend` instead of the crate root.
+pub use evently_core::{
     Aggregate, AggregateEvent, AsOf, Command, CommandContext, CommandError, CommandOutcome,
     CommandRecord, DecodeError, DecodeErrorKind, EncodeError, Event, EventStore, EventStream,
     ExpectedVersion, Journal, JournalEntry, JournalOutcome, Loaded, Metadata, NewEvent, Payload,
     RecordedEvent, Repository, RetryPolicy, RoutedCommand, Snapshot, Snapshots, StoreError,
     StreamAppend, StreamId,
 };
-// `#[derive(Projection)]` (the trait is `es::projection::Projection`).
-pub use es_core::Projection;
-pub use es_core::{backend, limits, prelude, projection, upcast, view};
+// `#[derive(Projection)]` (the trait is `evently::projection::Projection`).
+pub use evently_core::Projection;
+pub use evently_core::{backend, limits, prelude, projection, upcast, view};
 
 // The test kit, the fault-injecting store and the store conformance suite
-// (`es::testing`, `es::conformance_suite!`), where `es-core`'s feature
+// (`evently::testing`, `evently::conformance_suite!`), where `evently-core`'s feature
 // `testing` is on (the feature `testing` of this crate, or a dev-dependency).
-pub use es_core::__features::*;
+#[allow(unused_imports)] // empty without the feature
+pub use evently_core::__features::*;
 
 /// Not public API: the paths the derive macros expand to.
 #[doc(hidden)]
-pub use es_core::__private;
+pub use evently_core::__private;
 
 #[cfg(feature = "memory")]
-pub use es_memory as memory;
+pub use evently_memory as memory;
 
-/// The PostgreSQL store (feature `postgres`): `es::postgres::PgEventStore`.
+/// The PostgreSQL store (feature `postgres`): `evently::postgres::PgEventStore`.
 #[cfg(feature = "postgres")]
-pub use es_postgres as postgres;
+pub use evently_postgres as postgres;

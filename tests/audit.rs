@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use es::prelude::*;
-use es::{AsOf, DecodeErrorKind, JournalOutcome};
+use evently::prelude::*;
+use evently::{AsOf, DecodeErrorKind, JournalOutcome};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ struct Account {
 }
 
 impl Account {
-    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
             AccountCommand::Open { .. } if self.open => Err(AccountError::AlreadyOpen),
             AccountCommand::Open { owner, .. } => Ok(vec![AccountEvent::Opened { owner }]),

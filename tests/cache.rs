@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use es::prelude::*;
-use es::testing::FaultyStore;
+use evently::prelude::*;
+use evently::testing::FaultyStore;
 use serde::{Deserialize, Serialize};
 
 #[macro_use]
@@ -36,7 +36,7 @@ struct Account {
 }
 
 impl Account {
-    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, TooLow> {
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, TooLow> {
         match command {
             AccountCommand::Deposit { amount, .. } => Ok(vec![AccountEvent::Deposited { amount }]),
             AccountCommand::Withdraw { amount, .. } if amount > self.balance => {

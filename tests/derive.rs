@@ -1,8 +1,8 @@
-//! What the derives generate, used through the `es` facade: stored names,
+//! What the derives generate, used through the `evently` facade: stored names,
 //! versions and exact payloads of events, aggregate ids and command types
 //! of commands, and aggregates deciding and evolving through the trait.
 
-use es::{Aggregate, Command, DecodeErrorKind, Event, Payload, RoutedCommand};
+use evently::{Aggregate, Command, DecodeErrorKind, Event, Payload, RoutedCommand};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -245,7 +245,7 @@ struct BankAccount {
 }
 
 impl BankAccount {
-    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
             AccountCommand::Open { owner, .. } => Ok(vec![AccountEvent::Opened { owner }]),
             _ if !self.open => Err(AccountError::NotOpen),
@@ -272,20 +272,20 @@ fn an_aggregate_type_defaults_to_the_struct_name_in_snake_case() {
 }
 
 #[test]
-fn an_aggregate_without_services_decides_with_its_handle_and_evolves_with_apply() {
+fn an_aggregate_without_services_decides_with_its_decide_and_applies_with_apply() {
     let mut account = BankAccount::default();
     let deposit = AccountCommand::Deposit {
         account: 1,
         amount: 5,
     };
-    let refused = futures::executor::block_on(account.decide(deposit.clone(), &()));
+    let refused = futures::executor::block_on(Aggregate::decide(&account, deposit.clone(), &()));
     assert_eq!(refused.unwrap_err(), AccountError::NotOpen);
 
     let open = AccountCommand::Open {
         id: "1".into(),
         owner: "ann".into(),
     };
-    let events = futures::executor::block_on(account.decide(open, &())).unwrap();
+    let events = futures::executor::block_on(Aggregate::decide(&account, open, &())).unwrap();
     assert_eq!(
         events,
         [AccountEvent::Opened {
@@ -293,11 +293,11 @@ fn an_aggregate_without_services_decides_with_its_handle_and_evolves_with_apply(
         }]
     );
     for event in &events {
-        account.evolve(event);
+        Aggregate::apply(&mut account, event);
     }
-    let events = futures::executor::block_on(account.decide(deposit, &())).unwrap();
+    let events = futures::executor::block_on(Aggregate::decide(&account, deposit, &())).unwrap();
     assert_eq!(events, [AccountEvent::Deposited { amount: 5 }]);
-    account.evolve(&events[0]);
+    Aggregate::apply(&mut account, &events[0]);
     assert!(account.open);
     assert_eq!(account.balance, 5);
 }
@@ -323,7 +323,7 @@ struct GuardedAccount {
 }
 
 impl GuardedAccount {
-    async fn handle(
+    async fn decide(
         &self,
         command: AccountCommand,
         limits: &Limits,
@@ -358,7 +358,9 @@ async fn an_aggregate_with_services_awaits_them_in_its_async_handle() {
         amount: 101,
     };
     assert_eq!(
-        account.decide(over, &limits).await.unwrap_err(),
+        Aggregate::decide(&account, over, &limits)
+            .await
+            .unwrap_err(),
         AccountError::OverLimit {
             amount: 101,
             limit: 100
@@ -372,13 +374,13 @@ async fn an_aggregate_with_services_awaits_them_in_its_async_handle() {
     // The decision is `Send`: it can run on another task.
     let events = tokio::spawn(async move {
         let account = GuardedAccount::default();
-        account.decide(deposit, &limits).await
+        Aggregate::decide(&account, deposit, &limits).await
     })
     .await
     .unwrap()
     .unwrap();
     assert_eq!(events, [AccountEvent::Deposited { amount: 100 }]);
-    account.evolve(&events[0]);
+    Aggregate::apply(&mut account, &events[0]);
     assert_eq!(account.balance, 100);
 }
 
@@ -388,7 +390,7 @@ async fn an_aggregate_with_services_awaits_them_in_its_async_handle() {
 struct HTTPGateway;
 
 impl HTTPGateway {
-    fn handle(&self, _: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    fn decide(&self, _: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         Ok(vec![])
     }
 

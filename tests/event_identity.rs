@@ -11,12 +11,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use es::memory::MemoryStore;
-use es::prelude::*;
-use es::projection::{
+use evently::memory::MemoryStore;
+use evently::prelude::*;
+use evently::projection::{
     run_projection, HandlerError, MemoryReadModel, Projection, ProjectionOptions,
 };
-use es_postgres::sqlx::{self, PgConnection};
+use evently_postgres::sqlx::{self, PgConnection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -49,7 +49,7 @@ struct Never;
 struct Account;
 
 impl Account {
-    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, Never> {
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, Never> {
         let AccountCommand::Open { name, .. } = command;
         Ok(vec![AccountEvent::Opened { name }])
     }
@@ -61,7 +61,7 @@ impl Account {
 struct Loan;
 
 impl Loan {
-    fn handle(&self, command: LoanCommand) -> Result<Vec<LoanEvent>, Never> {
+    fn decide(&self, command: LoanCommand) -> Result<Vec<LoanEvent>, Never> {
         let LoanCommand::Open { name, .. } = command;
         Ok(vec![LoanEvent::Opened { name }])
     }
@@ -97,7 +97,7 @@ impl Projection for AccountNames {
         "account_names"
     }
 
-    async fn handle(
+    async fn apply(
         &self,
         names: &mut BTreeMap<String, String>,
         event: &RecordedEvent<AccountEvent>,
@@ -184,7 +184,7 @@ impl Projection for AccountTable {
         "account_table"
     }
 
-    async fn handle(
+    async fn apply(
         &self,
         tx: &mut PgConnection,
         event: &RecordedEvent<AccountEvent>,
@@ -244,14 +244,14 @@ async fn unclaimed_event_types_match_by_name_and_old_rows_still_decode() {
     for event in &all {
         assert!(event.decode::<Unclaimed>().is_ok(), "{event:?}");
     }
-    let accounts = es::backend::decode_handled::<AccountEvent>(&["Opened"], &all[0]).unwrap();
+    let accounts = evently::backend::decode_handled::<AccountEvent>(&["Opened"], &all[0]).unwrap();
     assert_eq!(accounts.len(), 1);
     let loan_as_account =
-        es::backend::decode_handled::<AccountEvent>(&["Opened"], &all[1]).unwrap();
+        evently::backend::decode_handled::<AccountEvent>(&["Opened"], &all[1]).unwrap();
     assert!(
         loan_as_account.is_empty(),
         "a loan's event reached an account projection"
     );
-    let unclaimed = es::backend::decode_handled::<Unclaimed>(&["Opened"], &all[1]).unwrap();
+    let unclaimed = evently::backend::decode_handled::<Unclaimed>(&["Opened"], &all[1]).unwrap();
     assert_eq!(unclaimed.len(), 1);
 }

@@ -5,10 +5,10 @@
 //! (`tests/ui/log_only_store_with_journal.rs`), with a typed error for an
 //! idempotent command, never a silent `Ok`.
 
-use es::backend::LogStream;
-use es::memory::MemoryStore;
-use es::prelude::*;
-use es::EventStream;
+use evently::backend::LogStream;
+use evently::memory::MemoryStore;
+use evently::prelude::*;
+use evently::EventStream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -68,7 +68,7 @@ impl EventStore for LogOnly {
 }
 
 // Only the core of the contract: a store with no capability runs it.
-es::conformance_suite!(|| async { LogOnly::default() }; log);
+evently::conformance_suite!(|| async { LogOnly::default() }; log);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 enum TallyEvent {
@@ -91,7 +91,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn handle(&self, command: TallyCommand) -> Result<Vec<TallyEvent>, Never> {
+    fn decide(&self, command: TallyCommand) -> Result<Vec<TallyEvent>, Never> {
         let TallyCommand::Add { n, .. } = command;
         Ok(vec![TallyEvent::Added { n }])
     }

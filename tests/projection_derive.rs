@@ -1,6 +1,7 @@
-//! `#[derive(Projection)]`: one method per handled variant, `handles()` in
-//! stored names (renamed variants included), unlisted variants never
-//! decoded, and the read model the handlers compute.
+//! `#[derive(Projection)]`: one method per applied variant, called with the
+//! variant's fields; `handles()` in stored names (renamed variants
+//! included), unlisted variants never decoded, and the read model the
+//! handlers compute.
 
 // Listing every variant leaves the derive's catch-all arm unreachable: the
 // derive must not make that a warning.
@@ -9,12 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use es::memory::MemoryStore;
-use es::prelude::*;
-use es::projection::{
+use evently::memory::MemoryStore;
+use evently::prelude::*;
+use evently::projection::{
     run_projection, HandlerError, MemoryReadModel, Projection, ProjectionOptions,
 };
-use es::{DecodeErrorKind, EncodeError, Payload};
+use evently::Payload;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -44,67 +45,122 @@ struct Wallets {
 /// listed, so they are never decoded for it.
 #[derive(Projection)]
 #[projection(event = WalletEvent, sink = Wallets)]
-#[projection(handle(Opened = open, Deposited, Frozen))]
+#[projection(apply(Opened = open, Deposited, Frozen))]
 struct WalletProjection;
 
+type Recorded = RecordedEvent<WalletEvent>;
+
+// The fields come as the enum has them: `&String`, not `&str`.
+#[allow(clippy::ptr_arg)]
 impl WalletProjection {
     async fn open(
         &self,
         wallets: &mut Wallets,
-        event: &RecordedEvent<WalletEvent>,
+        event: &Recorded,
+        owner: &String,
     ) -> Result<(), HandlerError> {
-        let WalletEvent::Opened { owner } = &event.data else {
-            return Err(format!("`open` called with {:?}", event.data).into());
-        };
-        wallets
-            .owners
-            .insert(event.stream_id.to_string(), owner.clone());
-        wallets.balances.insert(event.stream_id.to_string(), 0);
+        let id = event.aggregate_id().ok_or("not an aggregate's stream")?;
+        wallets.owners.insert(id.to_owned(), owner.clone());
+        wallets.balances.insert(id.to_owned(), 0);
         Ok(())
     }
 
     async fn deposited(
         &self,
         wallets: &mut Wallets,
-        event: &RecordedEvent<WalletEvent>,
+        event: &Recorded,
+        amount: &u64,
     ) -> Result<(), HandlerError> {
-        let WalletEvent::Deposited { amount } = &event.data else {
-            return Err(format!("`deposited` called with {:?}", event.data).into());
-        };
-        *wallets
-            .balances
-            .entry(event.stream_id.to_string())
-            .or_default() += amount;
+        let id = event.aggregate_id().ok_or("not an aggregate's stream")?;
+        *wallets.balances.entry(id.to_owned()).or_default() += amount;
         Ok(())
     }
 
-    async fn frozen(
-        &self,
-        wallets: &mut Wallets,
-        event: &RecordedEvent<WalletEvent>,
-    ) -> Result<(), HandlerError> {
-        let WalletEvent::Frozen = &event.data else {
-            return Err(format!("`frozen` called with {:?}", event.data).into());
-        };
-        wallets.frozen.insert(event.stream_id.to_string());
+    async fn frozen(&self, wallets: &mut Wallets, event: &Recorded) -> Result<(), HandlerError> {
+        let id = event.aggregate_id().ok_or("not an aggregate's stream")?;
+        wallets.frozen.insert(id.to_owned());
         Ok(())
     }
 }
 
-/// Every variant listed (so no catch-all is needed), one method for two of
-/// them, and an explicit name.
+/// One method for two variants whose fields have the same types, and an
+/// explicit name.
 #[derive(Projection)]
-#[projection(name = "ledger", event = WalletEvent, sink = Vec<String>)]
-#[projection(handle(Opened = line, Deposited = line, Withdrew = line, Noted = line, Frozen = line))]
-struct Ledger;
+#[projection(name = "movements", event = WalletEvent, sink = Vec<String>)]
+#[projection(apply(Deposited = line, Withdrew = line))]
+struct Movements;
 
-impl Ledger {
+impl Movements {
     async fn line(
         &self,
         lines: &mut Vec<String>,
-        event: &RecordedEvent<WalletEvent>,
+        event: &Recorded,
+        amount: &u64,
     ) -> Result<(), HandlerError> {
+        lines.push(format!("{} {} {amount}", event.stream_id, event.event_type));
+        Ok(())
+    }
+}
+
+/// Every variant in one handler: the trait by hand, one `apply`.
+struct Ledger;
+
+impl Projection for Ledger {
+    type Event = WalletEvent;
+    type Sink = Vec<String>;
+
+    fn name(&self) -> &str {
+        "ledger"
+    }
+
+    async fn apply(&self, lines: &mut Vec<String>, event: &Recorded) -> Result<(), HandlerError> {
         lines.push(format!("{} {:?}", event.stream_id, event.data));
+        Ok(())
+    }
+}
+
+/// A tuple variant's fields come in order; listing every variant leaves
+/// no catch-all (the `deny(unreachable_patterns)` above checks it).
+#[derive(Projection)]
+#[projection(event = WalletEvent, sink = Vec<String>)]
+#[projection(apply(Opened = note, Deposited = note_amount, Withdrew = note_amount, Noted, Frozen = note_frozen))]
+struct Notes;
+
+// The fields come as the enum has them: `&String`, not `&str`.
+#[allow(clippy::ptr_arg)]
+impl Notes {
+    async fn note(
+        &self,
+        notes: &mut Vec<String>,
+        _: &Recorded,
+        text: &String,
+    ) -> Result<(), HandlerError> {
+        notes.push(text.clone());
+        Ok(())
+    }
+
+    async fn note_amount(
+        &self,
+        notes: &mut Vec<String>,
+        _: &Recorded,
+        amount: &u64,
+    ) -> Result<(), HandlerError> {
+        notes.push(amount.to_string());
+        Ok(())
+    }
+
+    async fn noted(
+        &self,
+        notes: &mut Vec<String>,
+        _: &Recorded,
+        text: &String,
+    ) -> Result<(), HandlerError> {
+        notes.push(format!("note: {text}"));
+        Ok(())
+    }
+
+    async fn note_frozen(&self, notes: &mut Vec<String>, _: &Recorded) -> Result<(), HandlerError> {
+        notes.push("frozen".into());
         Ok(())
     }
 }
@@ -211,15 +267,16 @@ async fn unlisted_variants_are_skipped_undecoded_and_the_handlers_build_the_read
     assert_eq!(
         model.read(Wallets::clone),
         Wallets {
-            owners: BTreeMap::from([("w-1".into(), "Ada".into()), ("w-2".into(), "Bob".into())]),
-            balances: BTreeMap::from([("w-1".into(), 42), ("w-2".into(), 0)]),
-            frozen: BTreeSet::from(["w-2".into()]),
+            // Keyed by aggregate id: streams `w-1` and `w-2` of aggregate `w`.
+            owners: BTreeMap::from([("1".into(), "Ada".into()), ("2".into(), "Bob".into())]),
+            balances: BTreeMap::from([("1".into(), 42), ("2".into(), 0)]),
+            frozen: BTreeSet::from(["2".into()]),
         }
     );
 }
 
 #[tokio::test]
-async fn handle_ignores_a_variant_it_does_not_list() {
+async fn apply_ignores_a_variant_it_does_not_list() {
     let store = MemoryStore::new();
     append(
         &store,
@@ -231,12 +288,43 @@ async fn handle_ignores_a_variant_it_does_not_list() {
         .decode::<WalletEvent>()
         .unwrap();
     let mut wallets = Wallets::default();
-    WalletProjection.handle(&mut wallets, &event).await.unwrap();
+    WalletProjection.apply(&mut wallets, &event).await.unwrap();
     assert_eq!(wallets, Wallets::default());
 
     let mut lines = Vec::new();
-    Ledger.handle(&mut lines, &event).await.unwrap();
+    Ledger.apply(&mut lines, &event).await.unwrap();
     assert_eq!(lines, ["w-1 Withdrew { amount: 5 }"]);
+}
+
+#[tokio::test]
+async fn each_handler_gets_its_variants_fields_in_order() {
+    let store = MemoryStore::new();
+    let events = [
+        WalletEvent::Opened {
+            owner: "Ada".into(),
+        },
+        WalletEvent::Deposited { amount: 7 },
+        WalletEvent::Noted("hi".into()),
+        WalletEvent::Withdrew { amount: 2 },
+        WalletEvent::Frozen,
+    ];
+    append(&store, "w-1", events.iter().map(new_event).collect()).await;
+    let recorded: Vec<Recorded> = store
+        .read_all(1, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|raw| raw.decode().unwrap())
+        .collect();
+    let (mut notes, mut movements) = (Vec::new(), Vec::new());
+    for event in &recorded {
+        Notes.apply(&mut notes, event).await.unwrap();
+        Movements.apply(&mut movements, event).await.unwrap();
+    }
+    assert_eq!(notes, ["Ada", "7", "note: hi", "2", "frozen"]);
+    assert_eq!(movements, ["w-1 Deposited 7", "w-1 Withdrew 2"]);
+    assert_eq!(Movements.name(), "movements");
+    assert_eq!(Movements.handles(), ["Deposited", "Withdrew"]);
 }
 
 /// A variant whose name in snake case is a keyword: its handler is the raw
@@ -248,18 +336,19 @@ enum ParcelEvent {
 }
 
 #[derive(Projection)]
-#[projection(event = ParcelEvent, sink = Vec<String>, handle(Move))]
+#[projection(event = ParcelEvent, sink = Vec<String>, apply(Move))]
 struct ParcelRoute;
 
+// The fields come as the enum has them: `&String`, not `&str`.
+#[allow(clippy::ptr_arg)]
 impl ParcelRoute {
     async fn r#move(
         &self,
         route: &mut Vec<String>,
-        event: &RecordedEvent<ParcelEvent>,
+        _: &RecordedEvent<ParcelEvent>,
+        to: &String,
     ) -> Result<(), HandlerError> {
-        if let ParcelEvent::Move { to } = &event.data {
-            route.push(to.clone());
-        }
+        route.push(to.clone());
         Ok(())
     }
 }
@@ -287,60 +376,4 @@ async fn a_keyword_method_name_is_called_as_a_raw_identifier() {
     );
     handle.wait_for(last, Duration::from_secs(5)).await.unwrap();
     assert_eq!(model.read(Vec::clone), ["Lyon"]);
-}
-
-/// An event written by hand, without `event_type_of_variant`: the derive
-/// falls back to the variants' own names.
-#[derive(Debug, Clone, PartialEq)]
-enum Manual {
-    Ping,
-    Pong,
-}
-
-impl Event for Manual {
-    const EVENT_TYPES: &'static [&'static str] = &["Ping", "Pong"];
-
-    fn event_type(&self) -> &'static str {
-        match self {
-            Manual::Ping => "Ping",
-            Manual::Pong => "Pong",
-        }
-    }
-
-    fn schema_version(&self) -> u32 {
-        1
-    }
-
-    fn encode(&self) -> Result<Payload, EncodeError> {
-        Ok(Payload::from_json("null").unwrap())
-    }
-
-    fn decode(
-        event_type: &str,
-        _schema_version: u32,
-        _payload: &Payload,
-    ) -> Result<Self, DecodeErrorKind> {
-        match event_type {
-            "Ping" => Ok(Manual::Ping),
-            "Pong" => Ok(Manual::Pong),
-            _ => Err(DecodeErrorKind::unknown_event_type(Self::EVENT_TYPES)),
-        }
-    }
-}
-
-#[derive(Projection)]
-#[projection(event = Manual, sink = u32, handle(Pong = count))]
-struct Pongs;
-
-impl Pongs {
-    async fn count(&self, n: &mut u32, _: &RecordedEvent<Manual>) -> Result<(), HandlerError> {
-        *n += 1;
-        Ok(())
-    }
-}
-
-#[test]
-fn a_hand_written_event_falls_back_to_the_variant_names() {
-    assert_eq!(Pongs.handles(), ["Pong"]);
-    assert_eq!(Pongs.name(), "pongs");
 }

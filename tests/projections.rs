@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use es::memory::MemoryStore;
-use es::prelude::*;
-use es::projection::run_projection;
-use es::projection::{
+use evently::memory::MemoryStore;
+use evently::prelude::*;
+use evently::projection::run_projection;
+use evently::projection::{
     HandlerError, MemoryReadModel, OnFailure, Projection, ProjectionOptions, ProjectionState,
 };
-use es::Payload;
+use evently::Payload;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -47,7 +47,7 @@ impl Projection for TotalsProjection {
         &["Credited"]
     }
 
-    async fn handle(
+    async fn apply(
         &self,
         totals: &mut Totals,
         event: &RecordedEvent<LedgerEvent>,
@@ -223,15 +223,41 @@ async fn under_the_park_policy_a_failing_event_is_parked_and_the_rest_applied() 
     assert_eq!(model.read(|t| t["a"]), 3);
     let parked = model.parked();
     assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].event.global_position, 2);
+    assert_eq!(
+        (
+            parked[0].position,
+            parked[0].stream_id.as_str(),
+            parked[0].stream_version
+        ),
+        (2, "a", 2)
+    );
     assert!(
         parked[0].error.ends_with("cannot credit 13"),
         "{}",
         parked[0].error
     );
     assert_eq!(handle.status().parked, 1);
-    assert_eq!(model.unpark(2).map(|p| p.event.stream_version), Some(2));
+    drop(handle);
+    // Still failing: an error, and the event stays parked, the model as it was.
+    let still_poisoned = TotalsProjection {
+        name: "totals",
+        poison: vec![13],
+        ..Default::default()
+    };
+    assert!(model.retry_parked(&still_poisoned, 2).await.is_err());
+    assert_eq!((model.parked().len(), model.read(|t| t["a"])), (1, 3));
+    // Fixed: applied once, and no longer parked.
+    let fixed = TotalsProjection {
+        name: "totals",
+        ..Default::default()
+    };
+    assert!(model.retry_parked(&fixed, 2).await.unwrap());
     assert!(model.parked().is_empty());
+    assert_eq!(model.read(|t| t["a"]), 16);
+    assert!(
+        !model.retry_parked(&fixed, 2).await.unwrap(),
+        "not parked any more"
+    );
 }
 
 #[tokio::test]
@@ -424,7 +450,7 @@ async fn a_slow_projection_never_slows_the_writers() {
 /// not handle), five credits to `a`, an unreadable credit in `bad`, two
 /// credits to `a`. Returns the store and the positions of the tenth good
 /// credit, of the bad credit and of the last event.
-async fn log_with_unreadable_rows() -> (es::testing::FaultyStore<MemoryStore>, u64, u64, u64) {
+async fn log_with_unreadable_rows() -> (evently::testing::FaultyStore<MemoryStore>, u64, u64, u64) {
     let store = MemoryStore::new();
     credit_to(&store, "a", &[1, 2, 3, 4, 5]).await;
     let note = NewEvent::from_event(&LedgerEvent::Noted { text: "hi".into() }, Metadata::new());
@@ -440,7 +466,7 @@ async fn log_with_unreadable_rows() -> (es::testing::FaultyStore<MemoryStore>, u
     let tenth = credit_to(&store, "a", &[6, 7, 8, 9, 10]).await;
     let bad = credit_to(&store, "bad", &[100]).await;
     let last = credit_to(&store, "a", &[11, 12]).await;
-    let faulty = es::testing::FaultyStore::new(store);
+    let faulty = evently::testing::FaultyStore::new(store);
     faulty.make_unreadable(note);
     faulty.make_unreadable(bad);
     (faulty, tenth, bad, last)
@@ -502,13 +528,13 @@ async fn under_the_park_policy_an_unreadable_row_is_parked_and_the_projection_go
     );
     let parked = model.parked();
     assert_eq!(parked.len(), 1);
-    let event = &parked[0].event;
+    let event = &parked[0];
     assert_eq!(
         (
-            event.global_position,
+            event.position,
             event.stream_id.as_str(),
             event.stream_version,
-            &*event.event_type
+            event.event_type.as_str()
         ),
         (bad, "bad", 1, "Credited")
     );

@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use es::memory::MemoryStore;
-use es::prelude::*;
-use es::testing::FaultyStore;
-use es::{DecodeErrorKind, Payload, RetryPolicy};
+use evently::memory::MemoryStore;
+use evently::prelude::*;
+use evently::testing::FaultyStore;
+use evently::{DecodeErrorKind, Payload, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -43,7 +43,7 @@ struct Counter {
 }
 
 impl Counter {
-    async fn handle(
+    async fn decide(
         &self,
         command: CounterCommand,
         interference: &Interference,
@@ -406,7 +406,7 @@ struct Snapped {
 }
 
 impl Snapped {
-    fn handle(&self, command: CounterCommand) -> Result<Vec<CounterEvent>, CounterError> {
+    fn decide(&self, command: CounterCommand) -> Result<Vec<CounterEvent>, CounterError> {
         match command {
             CounterCommand::Add { n: 0, .. } => Err(CounterError::Zero),
             CounterCommand::Add { n, .. } => Ok(vec![CounterEvent::Added { n }]),
@@ -452,7 +452,7 @@ async fn a_snapshot_that_does_not_decode_means_a_full_replay() {
         repo.execute(add("s", n)).await.unwrap();
     }
     let stream = StreamId::from("snapped-s");
-    let broken = es::Snapshot {
+    let broken = evently::Snapshot {
         version: 12,
         schema_version: 1,
         state: Payload::from_json(r#"{"total":"not a number"}"#).unwrap(),
@@ -502,7 +502,7 @@ struct Lamp {
 }
 
 impl Lamp {
-    fn handle(&self, command: LampCommand) -> Result<Vec<LampEvent>, Already> {
+    fn decide(&self, command: LampCommand) -> Result<Vec<LampEvent>, Already> {
         match (command, self.on) {
             (LampCommand::On, true) => Err(Already("on")),
             (LampCommand::On, false) => Ok(vec![LampEvent::SwitchedOn]),

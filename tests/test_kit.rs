@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use es::prelude::*;
-use es::testing::{given, Scenario};
+use evently::prelude::*;
+use evently::testing::{given, Scenario};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -37,7 +37,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn handle(&self, command: TallyCommand) -> Result<Vec<TallyEvent>, TooBig> {
+    fn decide(&self, command: TallyCommand) -> Result<Vec<TallyEvent>, TooBig> {
         match command {
             TallyCommand::Add { n, .. } if n > 100 => Err(TooBig(n)),
             TallyCommand::Add { n, .. } => Ok(vec![TallyEvent::Added { n }]),
@@ -177,7 +177,7 @@ impl PartialEq for Sneaky {
 }
 
 impl Sneaky {
-    fn handle(&self, _: Ping) -> Result<Vec<PingEvent>, Never> {
+    fn decide(&self, _: Ping) -> Result<Vec<PingEvent>, Never> {
         self.pings.fetch_add(1, Ordering::SeqCst);
         Ok(vec![PingEvent::Pinged])
     }
@@ -217,7 +217,7 @@ struct LimitedTally {
 }
 
 impl LimitedTally {
-    async fn handle(
+    async fn decide(
         &self,
         command: TallyCommand,
         limits: &FixedLimit,
@@ -255,8 +255,8 @@ mod calls_other_systems {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use es::prelude::*;
-    use es::testing::Scenario;
+    use evently::prelude::*;
+    use evently::testing::Scenario;
     use futures::future::BoxFuture;
     use serde::{Deserialize, Serialize};
 
@@ -289,7 +289,7 @@ mod calls_other_systems {
     }
 
     impl Payment {
-        async fn handle(
+        async fn decide(
             &self,
             command: PaymentCommand,
             fraud: &Arc<dyn FraudCheck>,

@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use es::prelude::*;
-use es::projection::{
+use evently::prelude::*;
+use evently::projection::{
     run_projection, HandlerError, MemoryReadModel, Projection, ProjectionOptions,
 };
-use es::upcast::OldEvent;
-use es::{DecodeErrorKind, Payload};
+use evently::upcast::OldEvent;
+use evently::{DecodeErrorKind, Payload};
 use serde::{Deserialize, Serialize};
 
 #[macro_use]
@@ -78,7 +78,7 @@ struct Wallet {
 }
 
 impl Wallet {
-    fn handle(&self, command: WalletCommand) -> Result<Vec<WalletEvent>, Never> {
+    fn decide(&self, command: WalletCommand) -> Result<Vec<WalletEvent>, Never> {
         let WalletCommand::Deposit { amount, .. } = command;
         Ok(vec![WalletEvent::Deposited {
             amount,
@@ -243,7 +243,7 @@ async fn a_missing_upcaster_is_a_clear_error<S: EventStore + CommandStore>(store
 /// Sums fees only: it sees the fee inside an old `TransferredIn`, and
 /// never decodes a current `Deposited`.
 #[derive(Projection)]
-#[projection(event = WalletEvent, sink = BTreeMap<String, f64>, handle(FeeCharged = fee))]
+#[projection(event = WalletEvent, sink = BTreeMap<String, f64>, apply(FeeCharged = fee))]
 struct Fees;
 
 impl Fees {
@@ -251,10 +251,9 @@ impl Fees {
         &self,
         fees: &mut BTreeMap<String, f64>,
         event: &RecordedEvent<WalletEvent>,
+        amount: &f64,
     ) -> Result<(), HandlerError> {
-        if let WalletEvent::FeeCharged { amount } = event.data {
-            *fees.entry(event.stream_id.to_string()).or_default() += amount;
-        }
+        *fees.entry(event.stream_id.to_string()).or_default() += amount;
         Ok(())
     }
 }

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use es::prelude::*;
-use es::projection::{OnFailure, ProjectionOptions, ProjectionState, WaitError};
-use es::view::{Document, View, ViewError, ViewStore};
+use evently::prelude::*;
+use evently::projection::{OnFailure, ProjectionOptions, ProjectionState, WaitError};
+use evently::view::{Document, View, ViewError, ViewStore};
 use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -536,7 +536,72 @@ async fn survives_crashes_mid_catch_up<S: ViewStore + EventStore>(store: S) {
     assert!(crashes > 0, "the runner was never caught mid catch-up");
 }
 
+/// A catch-up folds a batch per key and writes each touched key once: the
+/// documents come out as event by event, deletions and re-creations
+/// within one batch included (versions, positions, contents).
+async fn a_batch_gives_what_event_by_event_gives<S: ViewStore + EventStore>(store: S) {
+    append(
+        &store,
+        "account-alice",
+        &[opened("Alice", "n"), AccountEvent::Deposited { amount: 3 }],
+    )
+    .await;
+    append(&store, "account-bob", &[opened("Bob", "s")]).await;
+    append(
+        &store,
+        "account-alice",
+        &[
+            AccountEvent::Deposited { amount: 4 },
+            AccountEvent::Closed,
+            AccountEvent::Deposited { amount: 5 },
+        ],
+    )
+    .await;
+    append(&store, "account-carol", &[opened("Carol", "n")]).await;
+    let last = append(&store, "account-carol", &[AccountEvent::Closed]).await;
+    let bob_deposit = append(
+        &store,
+        "account-bob",
+        &[AccountEvent::Deposited { amount: 9 }],
+    )
+    .await;
+
+    // All of it in one batch, and the same log one event per batch.
+    let batched = store
+        .run_view::<AccountView>("batched", options())
+        .await
+        .unwrap();
+    let single = store
+        .run_view::<AccountView>("single", options().batch_size(1))
+        .await
+        .unwrap();
+    for views in [&batched, &single] {
+        views.wait_for(bob_deposit.max(last), WAIT).await.unwrap();
+    }
+    let everything = |page: evently::view::DocumentPage<AccountView>| {
+        page.documents
+            .into_iter()
+            .map(|d| (d.key, d.doc, d.version, d.position))
+            .collect::<Vec<_>>()
+    };
+    let from_batch = everything(batched.list(None, 10).await.unwrap());
+    assert_eq!(from_batch, everything(single.list(None, 10).await.unwrap()));
+    let alice = from_batch.iter().find(|d| d.0 == "alice").unwrap();
+    // Deleted by `Closed`, started again by the deposit after it.
+    assert_eq!(
+        (alice.1.balance, alice.1.owner.as_str(), alice.2),
+        (5, "", 1)
+    );
+    let bob = from_batch.iter().find(|d| d.0 == "bob").unwrap();
+    assert_eq!((bob.1.balance, bob.2, bob.3), (9, 2, bob_deposit));
+    assert!(
+        from_batch.iter().all(|d| d.0 != "carol"),
+        "carol was closed"
+    );
+}
+
 on_both_stores!(
+    a_batch_gives_what_event_by_event_gives,
     survives_crashes_mid_catch_up,
     a_nul_in_a_document_fails_on_every_store,
     get_and_list_in_pages,
@@ -561,7 +626,7 @@ async fn postgres_keeps_documents_in_a_jsonb_table() {
     let position = append(&store, "account-alice", &[opened("Alice", "n")]).await;
     views.wait_for(position, WAIT).await.unwrap();
     let table = format!("\"{}\".view_accounts", store.schema());
-    let (doc, version, stored_position): (String, i64, i64) = es_postgres::sqlx::query_as(
+    let (doc, version, stored_position): (String, i64, i64) = evently_postgres::sqlx::query_as(
         &format!("SELECT doc::text, version, position FROM {table} WHERE key = 'alice'"),
     )
     .fetch_one(store.pool())
@@ -573,12 +638,9 @@ async fn postgres_keeps_documents_in_a_jsonb_table() {
         serde_json::json!({"owner": "Alice", "balance": 0, "history": []})
     );
     assert_eq!((version, stored_position as u64), (1, position));
-    assert_eq!(
-        store.projection_position("view_accounts").await.unwrap(),
-        position
-    );
+    assert_eq!(store.checkpoint("view_accounts").await.unwrap(), position);
 
-    es_postgres::sqlx::query(&format!(
+    evently_postgres::sqlx::query(&format!(
         "UPDATE {table} SET doc = '[1, 2]' WHERE key = 'alice'"
     ))
     .execute(store.pool())
@@ -608,7 +670,7 @@ async fn postgres_retries_a_parked_view_event() {
     .await;
     views.wait_for(parked, WAIT).await.unwrap();
     views.stop().await;
-    let rows = store.parked_events("view_accounts").await.unwrap();
+    let rows = store.parked("view_accounts").await.unwrap();
     assert_eq!(rows.len(), 1);
     assert!(
         rows[0].error.contains("does not decode"),
@@ -630,9 +692,5 @@ async fn postgres_retries_a_parked_view_event() {
         .unwrap();
     let alice = views.document("alice").await.unwrap().unwrap();
     assert_eq!((alice.doc.balance, alice.version), (3, 2));
-    assert!(store
-        .parked_events("view_accounts")
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.parked("view_accounts").await.unwrap().is_empty());
 }

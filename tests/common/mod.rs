@@ -11,7 +11,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $test() {
-                    super::$test(es::memory::MemoryStore::new()).await;
+                    super::$test(evently::memory::MemoryStore::new()).await;
                 }
             )*
         }
@@ -29,10 +29,10 @@ macro_rules! on_both_stores {
 
 /// A store in a new schema of its own; fails, saying why, when PostgreSQL
 /// cannot be reached.
-pub async fn fresh_pg_store() -> es_postgres::PgEventStore {
+pub async fn fresh_pg_store() -> evently_postgres::PgEventStore {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    es_postgres::PgEventStore::builder()
+    evently_postgres::PgEventStore::builder()
         .schema(format!("es_test_{}", uuid::Uuid::now_v7().simple()))
         .connect(&url)
         .await

@@ -1,4 +1,4 @@
-use es::Aggregate;
+use evently::Aggregate;
 
 #[derive(Default, Aggregate)]
 #[aggregate(event = AccountEvent, command = AccountCommand, error = AccountError)]

@@ -1,4 +1,4 @@
-use es::Aggregate;
+use evently::Aggregate;
 
 // A `-` in the type would make `"{type}-{id}"` stream ids ambiguous.
 #[derive(Default, Aggregate)]

@@ -1,5 +1,5 @@
 // Every mistake is reported in one build, not only the first.
-use es::Aggregate;
+use evently::Aggregate;
 
 #[derive(Default, Aggregate)]
 #[aggregate(event = AccountEvent, sevices = Ledger, name = "")]

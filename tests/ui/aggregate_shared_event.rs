@@ -1,4 +1,4 @@
-use es::{Aggregate, Command, Event};
+use evently::{Aggregate, Command, Event};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -20,7 +20,7 @@ struct Refused;
 struct Account;
 
 impl Account {
-    fn handle(&self, _: AccountCommand) -> Result<Vec<AccountEvent>, Refused> {
+    fn decide(&self, _: AccountCommand) -> Result<Vec<AccountEvent>, Refused> {
         Ok(vec![])
     }
     fn apply(&mut self, _: &AccountEvent) {}
@@ -33,7 +33,7 @@ impl Account {
 struct Loan;
 
 impl Loan {
-    fn handle(&self, _: AccountCommand) -> Result<Vec<AccountEvent>, Refused> {
+    fn decide(&self, _: AccountCommand) -> Result<Vec<AccountEvent>, Refused> {
         Ok(vec![])
     }
     fn apply(&mut self, _: &AccountEvent) {}

@@ -1,4 +1,4 @@
-use es::Command;
+use evently::Command;
 
 #[derive(Clone, Command)]
 struct Deposit<Id> {

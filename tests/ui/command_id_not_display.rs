@@ -1,4 +1,4 @@
-use es::Command;
+use evently::Command;
 
 #[derive(Clone)]
 struct AccountId(u64);

@@ -1,5 +1,5 @@
-use es::memory::MemoryStore;
-use es::prelude::*;
+use evently::memory::MemoryStore;
+use evently::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -21,7 +21,7 @@ struct Never;
 struct Lamp;
 
 impl Lamp {
-    fn handle(&self, _: LampCommand) -> Result<Vec<LampEvent>, Never> {
+    fn decide(&self, _: LampCommand) -> Result<Vec<LampEvent>, Never> {
         Ok(vec![LampEvent::SwitchedOn])
     }
     fn apply(&mut self, _: &LampEvent) {}

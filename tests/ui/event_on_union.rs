@@ -1,4 +1,4 @@
-use es::Event;
+use evently::Event;
 
 #[derive(Event)]
 union Amount {

@@ -1,4 +1,4 @@
-use es::Event;
+use evently::Event;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Event)]

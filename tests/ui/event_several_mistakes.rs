@@ -1,5 +1,5 @@
 // Every mistake is reported in one build, not only the first.
-use es::Event;
+use evently::Event;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Event)]

@@ -1,4 +1,4 @@
-use es::Event;
+use evently::Event;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Event)]
@@ -7,7 +7,7 @@ enum AccountEvent {
     Opened { owner: String },
 }
 
-fn upcast(_: es::upcast::OldEvent) -> Option<Vec<es::upcast::OldEvent>> {
+fn upcast(_: evently::upcast::OldEvent) -> Option<Vec<evently::upcast::OldEvent>> {
     None
 }
 

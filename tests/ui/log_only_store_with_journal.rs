@@ -1,4 +1,4 @@
-use es::prelude::*;
+use evently::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -20,7 +20,7 @@ struct Never;
 struct Tally;
 
 impl Tally {
-    fn handle(&self, _: TallyCommand) -> Result<Vec<TallyEvent>, Never> {
+    fn decide(&self, _: TallyCommand) -> Result<Vec<TallyEvent>, Never> {
         Ok(vec![])
     }
     fn apply(&mut self, _: &TallyEvent) {}
@@ -33,5 +33,5 @@ fn journal<S: EventStore>(store: S) {
 }
 
 fn main() {
-    let _ = journal::<es::memory::MemoryStore>;
+    let _ = journal::<evently::memory::MemoryStore>;
 }

@@ -1,8 +1,8 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(event = AccountEvent, sink = u64, handle(Opened))]
-#[projection(handle(Deposited))]
+#[projection(event = AccountEvent, sink = u64, apply(Opened))]
+#[projection(apply(Deposited))]
 struct Balances;
 
 fn main() {}

@@ -1,8 +1,8 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
 #[projection(event = AccountEvent, sink = u64)]
-#[projection(handle(Opened = opened, Deposited, Opened = reopened))]
+#[projection(apply(Opened = opened, Deposited, Opened = reopened))]
 struct Balances;
 
 fn main() {}

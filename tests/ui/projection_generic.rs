@@ -1,7 +1,7 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(event = AccountEvent, sink = u64, handle(Opened))]
+#[projection(event = AccountEvent, sink = u64, apply(Opened))]
 struct Balances<T> {
     table: T,
 }

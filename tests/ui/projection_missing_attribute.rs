@@ -1,4 +1,4 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
 struct Balances;

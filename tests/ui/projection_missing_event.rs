@@ -1,7 +1,7 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(sink = u64, handle(Opened, Deposited))]
+#[projection(sink = u64, apply(Opened, Deposited))]
 struct Balances;
 
 fn main() {}

@@ -1,7 +1,7 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(event = AccountEvent, handle(Opened, Deposited))]
+#[projection(event = AccountEvent, apply(Opened, Deposited))]
 struct Balances;
 
 fn main() {}

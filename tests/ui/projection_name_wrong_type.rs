@@ -1,7 +1,7 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(name = 3, event = AccountEvent, sink = u64, handle(Opened))]
+#[projection(name = 3, event = AccountEvent, sink = u64, apply(Opened))]
 struct Balances;
 
 fn main() {}

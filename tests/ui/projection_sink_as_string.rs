@@ -1,7 +1,7 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(event = AccountEvent, sink = "PgConnection", handle(Opened))]
+#[projection(event = AccountEvent, sink = "PgConnection", apply(Opened))]
 struct Balances;
 
 fn main() {}

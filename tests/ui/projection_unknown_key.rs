@@ -1,7 +1,7 @@
-use es::projection::Projection;
+use evently::projection::Projection;
 
 #[derive(Projection)]
-#[projection(event = AccountEvent, sink = u64, handle(Opened), state = u64)]
+#[projection(event = AccountEvent, sink = u64, apply(Opened), state = u64)]
 struct Balances;
 
 fn main() {}

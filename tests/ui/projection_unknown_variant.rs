@@ -1,18 +1,18 @@
-use es::projection::{HandlerError, Projection};
-use es::RecordedEvent;
+use evently::projection::{HandlerError, Projection};
+use evently::RecordedEvent;
 
-#[derive(Debug, serde::Serialize, serde::Deserialize, es::Event)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, evently::Event)]
 enum AccountEvent {
     Opened { owner: String },
     Deposited { amount: u64 },
 }
 
 #[derive(Projection)]
-#[projection(event = AccountEvent, sink = u64, handle(Opened = opened, Closed = opened))]
+#[projection(event = AccountEvent, sink = u64, apply(Opened = opened, Closed = opened))]
 struct Balances;
 
 impl Balances {
-    async fn opened(&self, _: &mut u64, _: &RecordedEvent<AccountEvent>) -> Result<(), HandlerError> {
+    async fn opened(&self, _: &mut u64, _: &RecordedEvent<AccountEvent>, _: &String) -> Result<(), HandlerError> {
         Ok(())
     }
 }

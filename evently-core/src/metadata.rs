@@ -1,0 +1,239 @@
+//! What travels with every event besides its payload, and what a command
+//! brings to the events it produces.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An event's metadata: correlation id, causation id, timestamp and free
+/// user keys.
+///
+/// Stored as one JSON object; user keys sit beside the known ones.
+///
+/// ```
+/// use evently_core::Metadata;
+/// use uuid::Uuid;
+///
+/// let correlation = Uuid::now_v7();
+/// let metadata = Metadata::new()
+///     .with_correlation_id(correlation)
+///     .with("tenant", "acme");
+/// assert_eq!(metadata.correlation_id, Some(correlation));
+/// assert_eq!(metadata.get("tenant"), Some(&serde_json::json!("acme")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The business transaction this event belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// The command or event that directly caused this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// The command that produced this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// Who asked: a user, a service, a process manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// When the event's personal data was erased (its payload is then `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<DateTime<Utc>>,
+    /// When the event was produced (the command's time, not the store's).
+    pub timestamp: DateTime<Utc>,
+    /// Free user keys (actor, tenant, request id, …).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Metadata {
+    /// Empty metadata stamped with the current time.
+    pub fn new() -> Self {
+        Metadata {
+            correlation_id: None,
+            causation_id: None,
+            command_id: None,
+            actor: None,
+            erased_at: None,
+            timestamp: Utc::now(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// The names of the known fields, stored beside the user keys in one
+    /// JSON object: a user key cannot take one of them (it would be stored
+    /// twice, or read back as that field — `erased_at` would mark the event
+    /// erased), so every store refuses such an append with
+    /// [`crate::StoreError::InvalidAppend`].
+    pub const RESERVED_KEYS: &'static [&'static str] = &[
+        "correlation_id",
+        "causation_id",
+        "command_id",
+        "actor",
+        "erased_at",
+        "timestamp",
+    ];
+
+    /// The first user key that takes a reserved name
+    /// ([`Metadata::RESERVED_KEYS`]), if any.
+    ///
+    /// ```
+    /// use evently_core::Metadata;
+    ///
+    /// assert_eq!(Metadata::new().with("tenant", 1).reserved_user_key(), None);
+    /// assert_eq!(Metadata::new().with("timestamp", 1).reserved_user_key(), Some("timestamp"));
+    /// ```
+    pub fn reserved_user_key(&self) -> Option<&str> {
+        self.extra
+            .keys()
+            .map(String::as_str)
+            .find(|key| Self::RESERVED_KEYS.contains(key))
+    }
+
+    /// Adds a user key. The names in [`Metadata::RESERVED_KEYS`] are
+    /// reserved: an event whose metadata uses one is refused at append.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    /// Reads a user key.
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.extra.get(key)
+    }
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata::new()
+    }
+}
+
+/// Who asked, and as part of what: given with a command, copied onto every
+/// event the command produces.
+///
+/// Each event records the command id. Its causation id is the event that
+/// caused the command (a process manager or projection reacting to an
+/// event: [`CommandContext::caused_by`]), or else the command itself. Its
+/// correlation id is the given one, or the command id when the command
+/// starts a new business transaction.
+///
+/// A command id given by the client makes the command idempotent: a command
+/// id that already produced events returns that first outcome and appends
+/// nothing.
+///
+/// ```
+/// use evently_core::CommandContext;
+///
+/// let ctx = CommandContext::new().with_actor("alice").with("tenant", 7);
+/// let metadata = ctx.event_metadata();
+/// assert_eq!(metadata.command_id, Some(ctx.command_id));
+/// assert_eq!(metadata.causation_id, Some(ctx.command_id));
+/// assert_eq!(metadata.correlation_id, Some(ctx.command_id));
+/// assert_eq!(metadata.actor.as_deref(), Some("alice"));
+/// assert_eq!(metadata.get("tenant"), Some(&serde_json::json!(7)));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandContext {
+    /// This command's id (UUID v7 unless given).
+    pub command_id: Uuid,
+    /// The business transaction the command belongs to, if it continues one.
+    pub correlation_id: Option<Uuid>,
+    /// The event that caused this command, if one did.
+    pub causation_id: Option<Uuid>,
+    /// Who asked.
+    pub actor: Option<String>,
+    /// Free user keys copied onto every event (tenant, request id, …).
+    pub extra: BTreeMap<String, serde_json::Value>,
+    /// Whether the store records the command id, so that a repeat returns
+    /// the first outcome (set by [`CommandContext::with_command_id`]; always
+    /// on for aggregates that keep a journal).
+    pub idempotent: bool,
+}
+
+impl CommandContext {
+    /// A context with a fresh command id and nothing else.
+    pub fn new() -> Self {
+        CommandContext {
+            command_id: Uuid::now_v7(),
+            correlation_id: None,
+            causation_id: None,
+            actor: None,
+            extra: BTreeMap::new(),
+            idempotent: false,
+        }
+    }
+
+    /// The context of a command issued in reaction to `event` (by a process
+    /// manager or a projection): it continues the event's business
+    /// transaction, and the event is the cause of what the command produces.
+    pub fn caused_by<T>(event: &crate::event::RecordedEvent<T>) -> Self {
+        CommandContext {
+            correlation_id: Some(event.metadata.correlation_id.unwrap_or(event.event_id)),
+            causation_id: Some(event.event_id),
+            ..CommandContext::new()
+        }
+    }
+
+    /// Sets who asked.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Uses a given command id, and makes the command idempotent: if this
+    /// id already produced events, executing it again returns that first
+    /// outcome and appends nothing (the store enforces it, so concurrent
+    /// repeats are safe too).
+    pub fn with_command_id(mut self, id: Uuid) -> Self {
+        self.command_id = id;
+        self.idempotent = true;
+        self
+    }
+
+    /// Continues a business transaction.
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Adds a user key. The names in [`Metadata::RESERVED_KEYS`] are
+    /// reserved: a command whose context uses one fails at append with
+    /// [`crate::StoreError::InvalidAppend`].
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    /// The metadata each event of this command carries.
+    pub fn event_metadata(&self) -> Metadata {
+        Metadata {
+            correlation_id: Some(self.correlation_id.unwrap_or(self.command_id)),
+            causation_id: Some(self.causation_id.unwrap_or(self.command_id)),
+            command_id: Some(self.command_id),
+            actor: self.actor.clone(),
+            erased_at: None,
+            timestamp: chrono::Utc::now(),
+            extra: self.extra.clone(),
+        }
+    }
+}
+
+impl Default for CommandContext {
+    fn default() -> Self {
+        CommandContext::new()
+    }
+}

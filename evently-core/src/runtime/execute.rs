@@ -1,0 +1,265 @@
+//! Running a command: decide, append with the loaded version as the
+//! expectation, retry on conflicts, re-send on lost replies, journal and
+//! snapshot.
+
+use crate::aggregate::{Aggregate, Command};
+use crate::error::{CommandError, StoreError};
+use crate::event::Payload;
+use crate::event::{NewEvent, RecordedEvent};
+use crate::metadata::CommandContext;
+use crate::store::{CommandRecord, EventStore, Snapshot};
+use crate::version::{ExpectedVersion, StreamId};
+
+use super::{CommandOutcome, JournalPolicy, Loaded, Repository, SnapshotPolicy};
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// Decides and appends, retrying on conflicts. `cached` is the live
+    /// aggregate kept between commands (when the cache is on): it is taken
+    /// for the command and put back only when it is known to be current.
+    pub(super) async fn run(
+        &self,
+        command: A::Command,
+        context: &CommandContext,
+        record: Option<&CommandRecord>,
+        stream_id: StreamId,
+        cached: &mut Option<Loaded<A>>,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (mut loaded, from_cache) = match cached.take() {
+                Some(loaded) => (loaded, true),
+                None => (self.load_stream(&stream_id).await?, false),
+            };
+            let decided = match loaded.state.decide(command.clone(), &self.services).await {
+                Ok(decided) => decided,
+                Err(error) => {
+                    // A refusal appends nothing, so no expected version
+                    // guards it: make sure a cached state was current.
+                    if from_cache && self.moved_on(&stream_id, loaded.version).await? {
+                        attempts -= 1;
+                        continue;
+                    }
+                    if let (
+                        Some(record),
+                        Some(JournalPolicy {
+                            rejections: true, ..
+                        }),
+                        Some(commands),
+                    ) = (record, &self.journal, &self.commands)
+                    {
+                        let reason = error.to_string();
+                        if let Err(e) =
+                            (commands.reject)(&self.store, record, &stream_id, &reason).await
+                        {
+                            tracing::warn!(stream = %stream_id, error = %e, "cannot journal a rejected command");
+                        }
+                    }
+                    *cached = Some(loaded);
+                    return Err(CommandError::Rejected(error));
+                }
+            };
+            if decided.is_empty() {
+                if from_cache && self.moved_on(&stream_id, loaded.version).await? {
+                    attempts -= 1;
+                    continue;
+                }
+                let version = loaded.version;
+                *cached = Some(loaded);
+                return Ok(CommandOutcome {
+                    stream_id,
+                    events: Vec::new(),
+                    version,
+                    attempts,
+                });
+            }
+            let metadata = context.event_metadata();
+            let new_events = decided
+                .iter()
+                .map(|event| NewEvent::from_event(event, metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = ExpectedVersion::at(loaded.version);
+            match self
+                .append_resending(record, &stream_id, expected, new_events)
+                .await
+            {
+                Ok(recorded) => {
+                    let version = recorded.last().map_or(loaded.version, |e| e.stream_version);
+                    let snapshot = self
+                        .snapshots
+                        .as_ref()
+                        .filter(|policy| version / policy.every > loaded.version / policy.every);
+                    if snapshot.is_some() || self.cache.is_some() {
+                        decided.iter().for_each(|e| loaded.state.apply(e));
+                        loaded.replayed += decided.len() as u64;
+                        loaded.version = version;
+                    }
+                    if let Some(policy) = snapshot {
+                        self.save_snapshot(policy, &stream_id, &loaded.state, version)
+                            .await;
+                    }
+                    if self.cache.is_some() {
+                        *cached = Some(loaded);
+                    }
+                    let events = recorded
+                        .iter()
+                        .zip(decided)
+                        .map(|(recorded, event)| recorded.with_data(event))
+                        .collect();
+                    return Ok(CommandOutcome {
+                        stream_id,
+                        events,
+                        version,
+                        attempts,
+                    });
+                }
+                Err(conflict) if conflict.is_conflict() => {
+                    // The state was stale: it stays out of the cache, and
+                    // the next attempt reloads.
+                    tracing::debug!(stream = %stream_id, attempts, "conflict; reloading");
+                    if attempts >= self.retry.max_attempts {
+                        return Err(CommandError::Conflict {
+                            stream_id,
+                            attempts,
+                            source: conflict,
+                        });
+                    }
+                }
+                Err(StoreError::CommandAlreadyExecuted {
+                    stream_id,
+                    first_version,
+                    last_version,
+                    ..
+                }) => {
+                    return self
+                        .first_outcome(stream_id, first_version, last_version, attempts)
+                        .await
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// Whether the stream moved past `version` (another writer appended).
+    pub(super) async fn moved_on(
+        &self,
+        stream_id: &StreamId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.store.stream_version(stream_id).await? != version)
+    }
+
+    /// What the store records of this command, if anything.
+    pub(super) fn command_record(
+        &self,
+        command: &A::Command,
+        context: &CommandContext,
+    ) -> Result<Option<CommandRecord>, CommandError<A::Error>> {
+        if self.journal.is_none() && !context.idempotent {
+            return Ok(None);
+        }
+        if self.commands.is_none() {
+            // Nothing could remember the command id: say so rather than
+            // run it twice on a repeat.
+            return Err(CommandError::Store(StoreError::Unsupported {
+                operation: "idempotent commands (the store keeps no command records)",
+            }));
+        }
+        let payload = match &self.journal {
+            Some(journal) => Some(Payload::from_json_unchecked(
+                (journal.encode)(command).map_err(crate::error::EncodeError::from)?,
+            )),
+            None => None,
+        };
+        Ok(Some(CommandRecord {
+            command_id: context.command_id,
+            command_type: command.command_type().to_owned(),
+            payload,
+            metadata: context.event_metadata(),
+        }))
+    }
+
+    /// The outcome of a command executed before: its events, read back.
+    pub(super) async fn first_outcome(
+        &self,
+        stream_id: StreamId,
+        first_version: u64,
+        last_version: u64,
+        attempts: u32,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let count = (last_version + 1).saturating_sub(first_version) as usize;
+        let stored = self
+            .store
+            .read_stream(&stream_id, first_version, count)
+            .await?;
+        let mut events = Vec::with_capacity(stored.len());
+        for e in &stored {
+            events.extend(e.decode_all::<A::Event>()?);
+        }
+        Ok(CommandOutcome {
+            stream_id,
+            events,
+            version: last_version,
+            attempts,
+        })
+    }
+
+    /// Saves a snapshot; a failure only costs a longer load later.
+    pub(super) async fn save_snapshot(
+        &self,
+        policy: &SnapshotPolicy<A, S>,
+        stream_id: &StreamId,
+        state: &A,
+        version: u64,
+    ) {
+        let state = match (policy.encode)(state) {
+            Ok(text) => Payload::from_json_unchecked(text),
+            Err(error) => {
+                tracing::warn!(stream = %stream_id, %error, "cannot encode a snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            version,
+            schema_version: policy.schema_version,
+            state,
+            taken_at: chrono::Utc::now(),
+        };
+        if let Err(error) = (policy.ops.save)(&self.store, stream_id, snapshot).await {
+            tracing::warn!(stream = %stream_id, %error, "cannot save a snapshot");
+        }
+    }
+
+    /// Appends, re-sending the same events (same ids) when the store was
+    /// unavailable or the reply was lost: the store's idempotency makes a
+    /// re-sent append that had in fact succeeded return the first result.
+    pub(super) async fn append_resending(
+        &self,
+        command: Option<&CommandRecord>,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut backoff = self.retry.initial_backoff;
+        let mut retries = 0;
+        loop {
+            let sent = match (command, &self.commands) {
+                (Some(command), Some(commands)) => {
+                    (commands.append)(&self.store, command, stream_id, expected, events.clone())
+                        .await
+                }
+                // A command record exists only with a command store.
+                _ => self.store.append(stream_id, expected, events.clone()).await,
+            };
+            match sent {
+                Err(e) if e.is_transient() && retries < self.retry.max_transient_retries => {
+                    retries += 1;
+                    tracing::warn!(stream = %stream_id, retries, error = %e, "append failed; re-sending");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                }
+                result => return result,
+            }
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Every SQL statement of the store, in one place: built once per handle
+//! from a [`SchemaName`], the only way a schema name gets into SQL. A
+//! view's statements also take its table, built from a checked view name
+//! ([`ViewTable`]). The migrations themselves are the embedded `.sql`
+//! files (see `setup.rs`).
+
+use evently_core::view::{check_view_name, view_projection_name, ViewError};
+
+use crate::setup::SetupError;
+
+/// A schema name that passed its check (1 to 50 of `a`-`z`, `0`-`9`, `_`,
+/// not starting with a digit), so it can go into SQL as it is. The only
+/// way to make one is [`SchemaName::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SchemaName(String);
+
+impl SchemaName {
+    /// Checks `name`; refuses it with [`SetupError::InvalidSchemaName`].
+    pub(crate) fn new(name: &str) -> Result<Self, SetupError> {
+        let valid = !name.is_empty()
+            && name.len() <= 50
+            && !name.as_bytes()[0].is_ascii_digit()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if valid {
+            Ok(SchemaName(name.to_owned()))
+        } else {
+            Err(SetupError::InvalidSchemaName(name.to_owned()))
+        }
+    }
+
+    /// The bare name.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted as an identifier: `"name"`.
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+
+    /// The LISTEN/NOTIFY channel of the schema.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}_events", self.0)
+    }
+}
+
+impl std::fmt::Display for SchemaName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Sends a NOTIFY on a channel (`$1`).
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
+
+/// The oldest running transaction that has written, for `status()`.
+pub(crate) const OLDEST_TRANSACTION: &str =
+    "SELECT pid, datname::text, application_name, state, xact_start, left(query, 200) \
+     FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+     ORDER BY age(backend_xid) DESC LIMIT 1";
+
+/// Takes a session advisory lock on a text key (`$1`), if free.
+pub(crate) const TRY_ADVISORY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+
+/// Releases a session advisory lock on a text key (`$1`).
+pub(crate) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
+
+/// Takes the transaction advisory lock of the migrations (`$1`: its key).
+pub(crate) const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+
+/// Opens the savepoint under which adopting a legacy schema builds its
+/// scratch schema.
+pub(crate) const SAVEPOINT_ADOPT: &str = "SAVEPOINT es_adopt";
+
+/// Drops the scratch schema of an adoption.
+pub(crate) const ROLLBACK_ADOPT: &str = "ROLLBACK TO SAVEPOINT es_adopt";
+
+/// Whether `schema_migrations` exists in schema `$1`, and has checksums.
+pub(crate) const BOOKKEEPING: &str =
+    "SELECT to_regclass(format('%I.schema_migrations', $1::text)) IS NOT NULL, \
+            EXISTS (SELECT 1 FROM pg_attribute \
+                    WHERE attrelid = to_regclass(format('%I.schema_migrations', $1::text)) \
+                      AND attname = 'checksum' AND NOT attisdropped)";
+
+/// The store's objects in a schema, one line each, independent of the
+/// schema's name: columns (type, not null, default), constraints, indexes
+/// and functions (signature, language, volatility, a hash of the body),
+/// `schema_migrations` left out.
+pub(crate) const FINGERPRINT: &str = r#"
+SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || replace(pg_get_expr(d.adbin, d.adrelid),
+                                          '''' || quote_ident($1) || '.', '''__SCHEMA__.'), '')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'schema_migrations'
+UNION ALL
+SELECT 'constraint ' || c.relname || '.' || con.conname || ' ' || pg_get_constraintdef(con.oid)
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname <> 'schema_migrations'
+UNION ALL
+SELECT 'index ' || ic.relname || ' on ' || c.relname
+       || coalesce(substring(pg_get_indexdef(i.indexrelid) from ' USING .*$'), '')
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname <> 'schema_migrations'
+UNION ALL
+SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') returns '
+       || pg_get_function_result(p.oid) || ' language ' || l.lanname
+       || ' volatility ' || p.provolatile::text
+       || ' body md5 ' || md5(replace(p.prosrc, '"' || $1 || '"', '__SCHEMA__'))
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
+WHERE n.nspname = $1
+"#;
+
+/// Makes every connection of the store's own pool leave NOTIFY to the
+/// notifier task.
+pub(crate) const NOTIFY_OFF: &str = "SET es.notify = 'off'";
+
+/// The first position given to events rebased after a restore:
+/// transaction id 1, below every normal transaction id (they start at 3).
+pub(crate) const FIRST_REBASED: i64 = 1 << 20;
+
+/// The columns of the events table that `recorded_from_row` reads, in its
+/// order, for a table aliased `e`.
+const EVENT_COLUMNS: &str = "e.position, e.event_id, e.stream_id, e.stream_version, \
+                             e.event_type, e.schema_version, e.payload::text, \
+                             e.metadata::text, e.recorded_at";
+
+/// The columns of the command journal that `journal::entry` reads.
+const JOURNAL_COLUMNS: &str = "command_id, command_type, payload::text, metadata::text, \
+                               stream_id, outcome, first_version, last_version, error, \
+                               recorded_at";
+
+/// An erased row's metadata: what is not personal (ids, timestamp), and
+/// when it was erased.
+const ERASED_METADATA: &str = "jsonb_strip_nulls(jsonb_build_object( \
+     'correlation_id', metadata->'correlation_id', \
+     'causation_id', metadata->'causation_id', \
+     'command_id', metadata->'command_id', \
+     'timestamp', metadata->'timestamp', \
+     'erased_at', to_jsonb(now())))";
+
+/// The statements of one schema.
+pub(crate) struct Queries {
+    /// The schema they address.
+    pub schema: SchemaName,
+    // Appends.
+    pub append: String,
+    pub append_command: String,
+    pub append_batch: String,
+    pub lock_streams: String,
+    // Reads.
+    pub read_stream: String,
+    pub fold_stream: String,
+    pub read_all: String,
+    pub read_page: String,
+    pub readable_bound: String,
+    pub read_correlation: String,
+    pub read_event_at: String,
+    pub head_position: String,
+    pub stream_version: String,
+    pub load_snapshot: String,
+    pub save_snapshot: String,
+    pub status: String,
+    // The command journal and the life cycle of streams.
+    pub record_rejected: String,
+    pub find_command: String,
+    pub command_journal: String,
+    pub close_stream: String,
+    pub erase_events: String,
+    pub erase_commands: String,
+    pub erase_parked: String,
+    pub erase_snapshot: String,
+    // Projections.
+    pub projection_position: String,
+    pub projection_progress: String,
+    pub insert_checkpoint: String,
+    pub move_checkpoint: String,
+    pub delete_checkpoint: String,
+    pub delete_parked_of: String,
+    pub delete_parked: String,
+    pub parked_events: String,
+    pub park: String,
+    pub park_unreadable: String,
+    // Migrations.
+    pub create_bookkeeping: String,
+    pub applied_migrations: String,
+    pub migration_versions: String,
+    pub record_migration: String,
+    pub add_checksums: String,
+    pub record_checksum: String,
+    pub checksums_not_null: String,
+    // Restored dumps.
+    pub stored_positions: String,
+    pub lock_for_rebase: String,
+    pub rebase_count: String,
+    pub rebase: String,
+    pub max_position: String,
+}
+
+impl Queries {
+    /// Builds every statement for `schema`.
+    pub(crate) fn new(schema: &SchemaName) -> Self {
+        let s = schema.quoted();
+        let columns = EVENT_COLUMNS;
+        Queries {
+            append: format!(
+                "SELECT out_position, out_version, out_recorded_at, out_replayed \
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            append_command: format!(
+                "SELECT out_position, out_version, out_recorded_at, out_replayed \
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ),
+            append_batch: format!(
+                "SELECT out_index, out_position, out_version, out_recorded_at, out_code, \
+                        out_detail, out_message FROM {s}.append_batch($1::jsonb)"
+            ),
+            lock_streams: format!("SELECT {s}.lock_streams($1::text[])"),
+            // The stream's version comes with its events (or alone, when
+            // none is read) so that a hole at the end is seen too.
+            read_stream: format!(
+                "SELECT {columns}, h.version FROM {s}.streams h \
+                 LEFT JOIN LATERAL (SELECT * FROM {s}.events e \
+                     WHERE e.stream_id = $1 AND e.stream_version >= $2 \
+                     ORDER BY e.stream_version LIMIT $3) e ON true \
+                 WHERE h.stream_id = $1 \
+                 ORDER BY e.stream_version"
+            ),
+            // What a fold needs, the rest of a stream in one query: no id,
+            // no metadata (only whether the stream was erased), and the
+            // stream's version on every row (read once) to see a lost tail.
+            // `LIMIT $3` (bound to i64::MAX) keeps the generic plan on the
+            // (stream_id, stream_version) index: without a limit, a table
+            // of few streams gets a sequential scan and a sort.
+            fold_stream: format!(
+                "SELECT e.stream_version, e.position, e.event_type, e.schema_version, \
+                        e.payload::text, e.metadata ? 'erased_at', \
+                        (SELECT h.version FROM {s}.streams h WHERE h.stream_id = $1) \
+                 FROM {s}.events e \
+                 WHERE e.stream_id = $1 AND e.stream_version >= $2 \
+                 ORDER BY e.stream_version LIMIT $3"
+            ),
+            read_all: format!(
+                "SELECT {columns} FROM {s}.events e \
+                 WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
+                 ORDER BY e.position LIMIT $2"
+            ),
+            // A page for a subscription: at most $2 events, and only as
+            // many as fit in $3 bytes by their stored size (at least one).
+            read_page: format!(
+                "SELECT {columns} FROM (\
+                     SELECT e.*, sum(pg_column_size(e.payload) + pg_column_size(e.metadata)) \
+                                 OVER (ORDER BY e.position) AS running_bytes, \
+                            pg_column_size(e.payload) + pg_column_size(e.metadata) AS row_bytes \
+                     FROM {s}.events e \
+                     WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
+                     ORDER BY e.position LIMIT $2) e \
+                 WHERE e.running_bytes - e.row_bytes < $3 \
+                 ORDER BY e.position"
+            ),
+            readable_bound: format!("SELECT {s}.readable_bound()"),
+            read_correlation: format!(
+                "SELECT {columns} FROM {s}.events e \
+                 WHERE e.metadata ? 'correlation_id' AND e.metadata->>'correlation_id' = $1 \
+                   AND e.position >= $2 AND e.position < {s}.readable_bound() \
+                 ORDER BY e.position LIMIT $3"
+            ),
+            read_event_at: format!("SELECT {columns} FROM {s}.events e WHERE e.position = $1"),
+            head_position: format!(
+                "SELECT coalesce(max(e.position), 0) FROM {s}.events e \
+                 WHERE e.position < {s}.readable_bound()"
+            ),
+            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
+            load_snapshot: format!(
+                "SELECT version, schema_version, state::text, taken_at FROM {s}.snapshots \
+                 WHERE stream_id = $1"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots AS t (stream_id, version, schema_version, state, taken_at) \
+                 VALUES ($1, $2, $3, $4::jsonb, $5) \
+                 ON CONFLICT (stream_id) DO UPDATE \
+                 SET version = excluded.version, schema_version = excluded.schema_version, \
+                     state = excluded.state, taken_at = excluded.taken_at \
+                 WHERE t.version < excluded.version"
+            ),
+            status: format!(
+                "SELECT b.bound, \
+                        (SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < b.bound), \
+                        (SELECT count(*) FROM {s}.events WHERE position >= b.bound) \
+                 FROM (SELECT {s}.readable_bound() AS bound) b"
+            ),
+            record_rejected: format!(
+                "INSERT INTO {s}.commands \
+                 (command_id, command_type, stream_id, outcome, error, payload, metadata) \
+                 VALUES ($1, $2, $3, 'rejected', $4, $5::jsonb, $6::jsonb)"
+            ),
+            find_command: format!(
+                "SELECT {JOURNAL_COLUMNS} FROM {s}.commands WHERE command_id = $1 \
+                 ORDER BY (outcome = 'accepted') DESC, seq DESC LIMIT 1"
+            ),
+            command_journal: format!(
+                "SELECT {JOURNAL_COLUMNS} FROM {s}.commands WHERE stream_id = $1 ORDER BY seq"
+            ),
+            close_stream: format!(
+                "INSERT INTO {s}.streams AS s (stream_id, version, closed) VALUES ($1, 0, true) \
+                 ON CONFLICT (stream_id) DO UPDATE SET closed = true"
+            ),
+            erase_events: format!(
+                "UPDATE {s}.events SET payload = '{{}}'::jsonb, metadata = {ERASED_METADATA} \
+                 WHERE stream_id = $1"
+            ),
+            erase_commands: format!(
+                "UPDATE {s}.commands SET payload = NULL, \
+                     error = CASE WHEN error IS NULL THEN NULL ELSE $2 END, \
+                     metadata = {ERASED_METADATA} \
+                 WHERE stream_id = $1"
+            ),
+            erase_parked: format!("UPDATE {s}.parked_events SET error = $2 WHERE stream_id = $1"),
+            erase_snapshot: format!("DELETE FROM {s}.snapshots WHERE stream_id = $1"),
+            projection_position: format!("SELECT position FROM {s}.projections WHERE name = $1"),
+            projection_progress: format!(
+                "SELECT coalesce(max(e.position), 0), count(e.position) FROM {s}.events e \
+                 WHERE e.position > $1 AND e.position < {s}.readable_bound()"
+            ),
+            insert_checkpoint: format!(
+                "INSERT INTO {s}.projections (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
+            ),
+            move_checkpoint: format!(
+                "UPDATE {s}.projections SET position = $3, updated_at = now() \
+                 WHERE name = $1 AND position = $2"
+            ),
+            delete_checkpoint: format!(
+                "DELETE FROM {s}.projections WHERE name = $1 RETURNING position"
+            ),
+            delete_parked_of: format!("DELETE FROM {s}.parked_events WHERE projection = $1"),
+            delete_parked: format!(
+                "DELETE FROM {s}.parked_events WHERE projection = $1 AND position = $2"
+            ),
+            parked_events: format!(
+                "SELECT position, event_id, stream_id, stream_version, event_type, error \
+                 FROM {s}.parked_events WHERE projection = $1 ORDER BY position"
+            ),
+            park: format!(
+                "INSERT INTO {s}.parked_events \
+                 (projection, position, event_id, stream_id, stream_version, event_type, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+            ),
+            park_unreadable: format!(
+                "INSERT INTO {s}.parked_events \
+                 (projection, position, event_id, stream_id, stream_version, event_type, error) \
+                 SELECT $1, position, event_id, stream_id, stream_version, event_type, $3 \
+                 FROM {s}.events WHERE position = $2 ON CONFLICT DO NOTHING"
+            ),
+            create_bookkeeping: format!(
+                "CREATE SCHEMA IF NOT EXISTS {s};
+                 CREATE TABLE {s}.schema_migrations (
+                     version integer PRIMARY KEY,
+                     description text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now(),
+                     checksum bytea NOT NULL
+                 );"
+            ),
+            applied_migrations: format!(
+                "SELECT version, checksum FROM {s}.schema_migrations ORDER BY version"
+            ),
+            migration_versions: format!(
+                "SELECT version FROM {s}.schema_migrations ORDER BY version"
+            ),
+            record_migration: format!(
+                "INSERT INTO {s}.schema_migrations (version, description, checksum) \
+                 VALUES ($1, $2, $3)"
+            ),
+            add_checksums: format!("ALTER TABLE {s}.schema_migrations ADD COLUMN checksum bytea"),
+            record_checksum: format!(
+                "UPDATE {s}.schema_migrations SET checksum = $2 WHERE version = $1"
+            ),
+            checksums_not_null: format!(
+                "ALTER TABLE {s}.schema_migrations ALTER COLUMN checksum SET NOT NULL"
+            ),
+            stored_positions: format!(
+                "SELECT greatest((SELECT max(position) FROM {s}.events), \
+                                 (SELECT max(position) FROM {s}.projections), 0), \
+                        pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+            ),
+            lock_for_rebase: format!(
+                "LOCK TABLE {s}.events, {s}.streams, {s}.projections, {s}.parked_events \
+                 IN ACCESS EXCLUSIVE MODE"
+            ),
+            rebase_count: format!(
+                "SELECT (SELECT count(*) FROM {s}.events), \
+                        pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            ),
+            // Old → new, in log order. Positions move through negative
+            // values so the primary key never sees two rows at one position.
+            rebase: format!(
+                "CREATE TEMPORARY TABLE es_rebase ON COMMIT DROP AS
+                     SELECT position AS old, {FIRST_REBASED} + row_number() OVER (ORDER BY position) - 1 AS new
+                     FROM {s}.events;
+                 CREATE UNIQUE INDEX ON es_rebase (old);
+                 ANALYZE es_rebase;
+                 UPDATE {s}.events SET position = -position;
+                 UPDATE {s}.events e SET position = m.new FROM es_rebase m WHERE e.position = -m.old;
+                 UPDATE {s}.streams t SET last_position = m.new FROM es_rebase m
+                     WHERE t.last_position = m.old;
+                 UPDATE {s}.parked_events SET position = -position;
+                 UPDATE {s}.parked_events p SET position = m.new FROM es_rebase m
+                     WHERE p.position = -m.old;
+                 UPDATE {s}.parked_events SET position = -position WHERE position < 0;
+                 UPDATE {s}.projections p SET position = coalesce(
+                     (SELECT max(m.new) FROM es_rebase m WHERE m.old <= p.position), 0);"
+            ),
+            max_position: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
+            schema: schema.clone(),
+        }
+    }
+}
+
+/// The table of a view, `"<schema>".view_<name>`, for a name that passed
+/// [`check_view_name`]: the only way to make one is [`ViewTable::new`].
+#[derive(Debug, Clone)]
+pub(crate) struct ViewTable(String);
+
+impl ViewTable {
+    /// Checks the view's name; refuses it with [`ViewError::InvalidName`].
+    pub(crate) fn new(schema: &SchemaName, name: &str) -> Result<Self, ViewError> {
+        check_view_name(name)?;
+        Ok(ViewTable(format!(
+            "{}.{}",
+            schema.quoted(),
+            view_projection_name(name)
+        )))
+    }
+
+    /// The qualified table name.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Creates the table if it does not exist.
+    pub(crate) fn create(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+                 key text COLLATE \"C\" PRIMARY KEY, \
+                 doc jsonb NOT NULL, \
+                 position bigint NOT NULL, \
+                 version bigint NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now())",
+            self.0
+        )
+    }
+
+    /// Reads the documents after key `$1` (all when null), at most `$2`.
+    pub(crate) fn list(&self) -> String {
+        format!(
+            "SELECT key, doc::text AS doc, position, version FROM {} \
+             WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2",
+            self.0
+        )
+    }
+}
+
+/// The statements of a view's sink. The sink is handed its table by the
+/// view's projection (evently-core), which got it from a [`ViewTable`].
+pub(crate) mod view_sink {
+    /// Reads the document of key `$1`.
+    pub(crate) fn load(table: &str) -> String {
+        format!("SELECT doc::text AS doc, position, version FROM {table} WHERE key = $1")
+    }
+
+    /// Writes the document of key `$1`.
+    pub(crate) fn save(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (key, doc, position, version) VALUES ($1, $2::jsonb, $3, $4) \
+             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, position = excluded.position, \
+             version = excluded.version, updated_at = now()"
+        )
+    }
+
+    /// Deletes the document of key `$1`.
+    pub(crate) fn delete(table: &str) -> String {
+        format!("DELETE FROM {table} WHERE key = $1")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["es", "billing_events", "_x", "a1"] {
+            assert!(SchemaName::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1a", "Es", "a-b", "a\"b", "a;drop", &"x".repeat(51)] {
+            assert!(
+                matches!(SchemaName::new(bad), Err(SetupError::InvalidSchemaName(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Rebuilding a projection's read model from position zero while the old
+//! one keeps serving, and switching over in one transaction.
+
+use std::time::Duration;
+
+use evently_core::projection::{Projection, ProjectionHandle, ProjectionOptions};
+use evently_core::StoreError;
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+
+use crate::error::unavailable_or_backend;
+use crate::projection::lock_key;
+use crate::queries::{ADVISORY_UNLOCK, TRY_ADVISORY_LOCK};
+use crate::PgEventStore;
+use evently_core::projection::{ProjectionProgress, ProjectionStatus};
+
+/// Why a rebuild did not switch over.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RebuildError {
+    /// The projection stopped or failed before it caught up; nothing was
+    /// switched.
+    #[error("the rebuild of `{name}` stopped before it caught up: {state:?}")]
+    Stopped {
+        /// The projection.
+        name: String,
+        /// Its state.
+        state: evently_core::projection::ProjectionState,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The switch-over statements failed; the old read model still serves.
+    #[error("the switch-over of `{name}` failed: {source}")]
+    Switch {
+        /// The projection.
+        name: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The name already has a checkpoint past zero: a projection of that
+    /// name has written its read model, and replaying the log from zero
+    /// would apply every event to it again. Nothing was changed. Rebuild
+    /// under a new name into new tables, or call
+    /// [`PgEventStore::force_rebuild_projection`] after emptying the
+    /// tables.
+    #[error("projection `{name}` already has a checkpoint at position {position}: rebuilding it under that name would replay the log into its tables again (rebuild under a new name, or empty its tables and force the rebuild)")]
+    CheckpointExists {
+        /// The projection.
+        name: String,
+        /// Its checkpoint.
+        position: u64,
+    },
+    /// An instance of a projection of that name is running (it holds the
+    /// projection's lock): it must stop before a rebuild under its name,
+    /// forced or not. Nothing was changed.
+    #[error("projection `{name}` is running: stop it before rebuilding under its name")]
+    Running {
+        /// The projection.
+        name: String,
+    },
+}
+
+impl PgEventStore {
+    /// Rebuilds a read model from position zero while the old one keeps
+    /// serving queries: runs `projection` (a new name, writing into new
+    /// tables the caller created) from the start of the log, reports
+    /// progress every 200 ms, and once it has caught up with the head runs
+    /// `switch_sql` in one transaction — typically `CREATE OR REPLACE VIEW
+    /// accounts AS SELECT * FROM accounts_v2`, so queries read the new
+    /// tables from that commit on. Returns the new projection, running
+    /// live; stop the old one afterwards.
+    ///
+    /// A name that already has a checkpoint past zero is refused with
+    /// [`RebuildError::CheckpointExists`] (a live projection's name, passed
+    /// by mistake, would get the whole log replayed into its tables), and a
+    /// name whose projection is running with [`RebuildError::Running`];
+    /// nothing is changed then.
+    pub async fn rebuild_projection<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
+        on_progress: impl FnMut(&ProjectionProgress, &ProjectionStatus),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        self.rebuild(projection, options, switch_sql, on_progress, false)
+            .await
+    }
+
+    /// [`PgEventStore::rebuild_projection`] under a name that already has a
+    /// checkpoint: drops its checkpoint and its parked events and replays
+    /// the log from zero into its tables, which the caller has emptied (or
+    /// whose handlers overwrite). Still refused with
+    /// [`RebuildError::Running`] while a projection of that name runs.
+    pub async fn force_rebuild_projection<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
+        on_progress: impl FnMut(&ProjectionProgress, &ProjectionStatus),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        self.rebuild(projection, options, switch_sql, on_progress, true)
+            .await
+    }
+
+    async fn rebuild<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        switch_sql: &str,
+        mut on_progress: impl FnMut(&ProjectionProgress, &ProjectionStatus),
+        force: bool,
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        let name = projection.name().to_owned();
+        self.reset_for_rebuild(&name, force).await?;
+        let handle = self.run_projection(projection, options);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let status = handle.status();
+            if matches!(
+                status.state,
+                evently_core::projection::ProjectionState::Failed(_)
+                    | evently_core::projection::ProjectionState::Stopped
+            ) {
+                return Err(RebuildError::Stopped {
+                    name,
+                    state: status.state,
+                });
+            }
+            let progress = self.progress(&name).await?;
+            let caught_up = progress.behind == 0
+                && status.state == evently_core::projection::ProjectionState::Running;
+            let status = if caught_up {
+                // The checkpoint commits before the runner counts the batch:
+                // let its status catch up, so the last report is complete.
+                let _ = handle
+                    .wait_for(progress.position, Duration::from_secs(10))
+                    .await;
+                handle.status()
+            } else {
+                status
+            };
+            on_progress(&progress, &status);
+            if caught_up {
+                break;
+            }
+        }
+        let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
+        sqlx::raw_sql(switch_sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| RebuildError::Switch {
+                name: name.clone(),
+                source,
+            })?;
+        tx.commit().await.map_err(unavailable_or_backend)?;
+        Ok(handle)
+    }
+
+    /// Checks that no projection of this name runs (holding its lock
+    /// while checking) and that it has no checkpoint past zero unless
+    /// `force`; then drops its checkpoint (and, forced, its parked events).
+    async fn reset_for_rebuild(&self, name: &str, force: bool) -> Result<(), RebuildError> {
+        let q = &self.inner.queries;
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(unavailable_or_backend)?;
+        let key = lock_key(self, name);
+        let locked: bool = sqlx::query_scalar(TRY_ADVISORY_LOCK)
+            .bind(&key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable_or_backend)?;
+        if !locked {
+            return Err(RebuildError::Running {
+                name: name.to_owned(),
+            });
+        }
+        let reset = async {
+            let mut tx = conn.begin().await?;
+            let position: Option<i64> = sqlx::query_scalar(&q.delete_checkpoint)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let position = position.unwrap_or(0) as u64;
+            if position > 0 && !force {
+                // Dropping the transaction rolls the DELETE back.
+                return Ok(Some(position));
+            }
+            if force {
+                sqlx::query(&q.delete_parked_of)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(None)
+        }
+        .await;
+        let unlocked = sqlx::query(ADVISORY_UNLOCK)
+            .bind(&key)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // A connection that may still hold the lock must not go back
+            // to the pool.
+            conn.detach();
+        }
+        match reset.map_err(unavailable_or_backend)? {
+            Some(position) => Err(RebuildError::CheckpointExists {
+                name: name.to_owned(),
+                position,
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,7 +1,0 @@
-use es::projection::Projection;
-
-#[derive(Projection)]
-#[projection(event = AccountEvent, sink = u64)]
-struct Balances;
-
-fn main() {}
