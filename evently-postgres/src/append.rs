@@ -20,7 +20,7 @@ use evently_core::{
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::Row;
 
-use crate::error::{append_error, is_unique_violation, unavailable_or_backend};
+use crate::error::{append_error, is_transient, is_unique_violation, unavailable_or_backend};
 use crate::queries::{Queries, NOTIFY};
 use crate::{group, PgEventStore};
 
@@ -243,6 +243,12 @@ impl PgEventStore {
         retry: Retry,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let args = AppendArgs::new(stream_id, expected, &events)?.with_command(command)?;
+        if retry == Retry::Alone {
+            if let Some(rows) = args.single_statement(&self.inner.queries, conn).await? {
+                let (recorded, _) = recorded_from_append(stream_id, events, rows, false)?;
+                return Ok(recorded);
+            }
+        }
         let mut attempt = 0;
         let rows = loop {
             attempt += 1;
@@ -258,7 +264,7 @@ impl PgEventStore {
                 other => break other.map_err(|e| append_error(e, stream_id, expected, command))?,
             }
         };
-        let (recorded, replayed) = recorded_from_append(stream_id, events, rows)?;
+        let (recorded, replayed) = recorded_from_append(stream_id, events, rows, true)?;
         if !replayed {
             self.apply_inline(conn, &recorded).await?;
         }
@@ -400,6 +406,49 @@ impl<'a> AppendArgs<'a> {
         Ok(self)
     }
 
+    /// The common case in one statement, without the advisory lock and
+    /// the row lock `append_events()` takes first: a new batch of events
+    /// for one stream at an exact version (or no stream), no command
+    /// record, in a transaction of its own. The stream's row moves only if
+    /// the expectation holds, the stream is open and no younger
+    /// transaction appended to it (`queries::append_exact`); two appends
+    /// at one version serialise on that row, and the second finds the
+    /// version moved. `None` when the statement stored nothing: an id
+    /// stored already (a retry, or a reuse), a wrong expectation, a closed
+    /// stream; `append_events()` then tells which, with its typed error.
+    async fn single_statement(
+        &self,
+        queries: &Queries,
+        conn: &mut PgConnection,
+    ) -> Result<Option<Vec<PgRow>>, StoreError> {
+        let sql = match (self.kind, self.expected) {
+            _ if self.command.is_some() || self.ids.is_empty() => return Ok(None),
+            _ if self.ids.len() >= crate::MAX_EVENTS_PER_TRANSACTION => return Ok(None),
+            (1, _) | (3, 0) => &queries.append_new,
+            (3, v) if v > 0 => &queries.append_exact,
+            _ => return Ok(None),
+        };
+        let result = sqlx::query(sql)
+            .bind(self.stream_id)
+            .bind(self.expected)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+            .fetch_all(&mut *conn)
+            .await;
+        match result {
+            Ok(rows) if rows.is_empty() => Ok(None),
+            Ok(rows) => Ok(Some(rows)),
+            // Whether it committed is unknown: the caller re-sends.
+            Err(e) if is_transient(&e) => Err(unavailable_or_backend(e)),
+            // Refused (a stored id, a value the server rejects): it stored
+            // nothing, and `append_events()` gives the refusal its type.
+            Err(_) => Ok(None),
+        }
+    }
+
     fn query<'q>(
         &'q self,
         queries: &'q Queries,
@@ -440,11 +489,13 @@ pub(crate) fn expected_arg(expected: ExpectedVersion) -> (i16, i64) {
     }
 }
 
-/// The recorded events, and whether the append was a retry of a stored one.
+/// The recorded events, and whether the append was a retry of a stored one
+/// (read from the rows' fourth column when `flagged`).
 fn recorded_from_append(
     stream_id: &StreamId,
     events: Vec<NewEvent>,
     rows: Vec<PgRow>,
+    flagged: bool,
 ) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
     if rows.len() != events.len() {
         return Err(StoreError::Backend(
@@ -457,8 +508,8 @@ fn recorded_from_append(
         ));
     }
     let replayed = match rows.first() {
-        Some(row) => row.try_get::<bool, _>(3).map_err(unavailable_or_backend)?,
-        None => false,
+        Some(row) if flagged => row.try_get::<bool, _>(3).map_err(unavailable_or_backend)?,
+        _ => false,
     };
     let recorded = events
         .into_iter()

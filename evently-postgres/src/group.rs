@@ -1,8 +1,13 @@
 //! Group commit: the concurrent appends of one store handle, batched into
-//! one statement and so one transaction and one WAL flush. Each append runs
-//! in a subtransaction of its own inside `append_batch()`, so every
-//! stream's expected version is still checked on its own and a conflict
-//! fails only that append.
+//! one statement and so one transaction and one WAL flush. The statement
+//! is set-based (`queries::append_set`): one `INSERT … ON CONFLICT` moves
+//! the rows of every stream whose expectation holds, one `INSERT … SELECT
+//! FROM unnest(...)` stores their events. Each stream's expectation is
+//! still checked on its own: an append that does not hold (a conflict, a
+//! closed stream, ids stored already) is left out of the batch, stores
+//! nothing, and is sent alone after the batch commits, where
+//! `append_events()` gives it its own answer (its typed error, or the
+//! stored events of a retry).
 
 use std::sync::{Arc, Weak};
 
@@ -11,29 +16,30 @@ use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::append::expected_arg;
-use crate::error::{append_refusal, unavailable_or_backend};
+use crate::error::unavailable_or_backend;
 use crate::{Inner, PgEventStore};
 
-/// Most appends in one batch: each takes a subtransaction, and more than 64
-/// in one transaction would overflow PostgreSQL's per-backend subxid cache
-/// and slow every snapshot in the cluster.
-const MAX_BATCH: usize = 48;
+/// Most appends in one batch.
+const MAX_BATCH: usize = 256;
+
+/// A batch stops gathering once it holds this many events (a transaction
+/// holds at most 2^20: the index part of a position).
+const MAX_BATCH_EVENTS: usize = 1 << 16;
 
 /// A batch stops gathering once it holds this many bytes of payloads and
-/// metadata: the batch travels as one `jsonb` value, which PostgreSQL
-/// limits to 255 MiB.
+/// metadata.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Appends larger than this go on their own, not through a batch.
 pub(crate) const MAX_GROUPED_BYTES: usize = 4 * 1024 * 1024;
 
-/// One append waiting for its batch, checked and described (as
-/// `append_batch()` reads it) by its caller before it joined the queue.
+/// One append waiting for its batch, checked (its metadata serialised) by
+/// its caller before it joined the queue.
 pub(crate) struct Pending {
     pub stream_id: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
-    pub described: serde_json::Value,
+    pub metadata: Vec<String>,
     pub bytes: usize,
     pub reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
 }
@@ -47,15 +53,17 @@ pub(crate) async fn append(
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    // Described here, so a bad append fails alone, before it joins a
+    // Serialised here, so a bad append fails alone, before it joins a
     // batch, with the error the direct path gives.
-    let (described, bytes) = describe(stream_id, expected, &events)?;
+    let metadata = serialize_metadata(stream_id, &events)?;
+    let bytes = events.iter().map(|e| e.payload.len()).sum::<usize>()
+        + metadata.iter().map(String::len).sum::<usize>();
     let (reply, answer) = oneshot::channel();
     let pending = Pending {
         stream_id: stream_id.clone(),
         expected,
         events,
-        described,
+        metadata,
         bytes,
         reply,
     };
@@ -88,11 +96,13 @@ async fn commit_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pend
                 return;
             };
             let mut bytes = first.bytes;
+            let mut events = first.events.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES && events < MAX_BATCH_EVENTS {
                 match queue.try_recv() {
                     Ok(pending) => {
                         bytes += pending.bytes;
+                        events += pending.events.len();
                         batch.push(pending);
                     }
                     Err(_) => break,
@@ -107,51 +117,103 @@ async fn commit_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pend
     }
 }
 
-/// What one row of `append_batch()` says.
-enum Outcome {
-    Stored(i64, i64, chrono::DateTime<chrono::Utc>),
-    Refused(String, String, String),
+/// One row of the batch's statement: which append (from 1), and where one
+/// of its events was stored.
+fn read_row(
+    row: &sqlx::postgres::PgRow,
+) -> Result<(usize, i64, i64, chrono::DateTime<chrono::Utc>), sqlx::Error> {
+    let index: i32 = row.try_get(0)?;
+    Ok((
+        usize::try_from(index).unwrap_or(0),
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    ))
 }
 
-fn read_row(row: &sqlx::postgres::PgRow) -> Result<(usize, Outcome), String> {
-    let index: i32 = row.try_get(0).map_err(|e| e.to_string())?;
-    let index = usize::try_from(index).map_err(|_| format!("negative index {index}"))?;
-    let code: Option<String> = row.try_get(4).map_err(|e| e.to_string())?;
-    let outcome = match code {
-        Some(code) => {
-            let detail: Option<String> = row.try_get(5).map_err(|e| e.to_string())?;
-            let message: Option<String> = row.try_get(6).map_err(|e| e.to_string())?;
-            Outcome::Refused(
-                code,
-                detail.unwrap_or_default(),
-                message.unwrap_or_default(),
-            )
+/// Where one event of an append was stored: position, version, time.
+type Stored = (i64, i64, chrono::DateTime<chrono::Utc>);
+
+/// The rows of a batch of `appends` appends, by append (in order), and
+/// whether a row could not be read or named no append of the batch (then
+/// an append without rows has an unknown outcome, not a refusal).
+fn sort_rows(
+    appends: usize,
+    rows: impl IntoIterator<
+        Item = Result<(usize, i64, i64, chrono::DateTime<chrono::Utc>), sqlx::Error>,
+    >,
+) -> (Vec<Vec<Stored>>, bool) {
+    let mut outcomes: Vec<Vec<Stored>> = (0..appends).map(|_| Vec::new()).collect();
+    let mut unreadable = false;
+    for row in rows {
+        match row {
+            Ok((index, position, version, at)) if (1..=appends).contains(&index) => {
+                outcomes[index - 1].push((position, version, at));
+            }
+            Ok((index, ..)) => {
+                tracing::error!(index, size = appends, "a batch row names no append of it");
+                unreadable = true;
+            }
+            Err(error) => {
+                tracing::error!(%error, "unreadable group-commit row");
+                unreadable = true;
+            }
         }
-        None => Outcome::Stored(
-            row.try_get(1).map_err(|e| e.to_string())?,
-            row.try_get(2).map_err(|e| e.to_string())?,
-            row.try_get(3).map_err(|e| e.to_string())?,
-        ),
-    };
-    Ok((index, outcome))
+    }
+    (outcomes, unreadable)
 }
 
-async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
-    // Lock streams in one order in every batch: two committers' batches
-    // that share streams would otherwise deadlock, and a waiting batch
-    // holds back every reader of the log until the deadlock is detected.
-    // The sort is stable, so appends to one stream keep their order.
-    batch.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
-    let appends: Vec<&serde_json::Value> = batch.iter().map(|p| &p.described).collect();
-    let text = match serde_json::to_string(&appends) {
-        Ok(text) => text,
-        Err(error) => {
-            tracing::error!(%error, "cannot write a group-commit batch; appending alone");
-            return each_alone(&store, batch).await;
+async fn commit(store: PgEventStore, batch: Vec<Pending>) {
+    // One append per stream goes into the statement (a stream's row moves
+    // once per statement); the others, and empty appends, go alone after
+    // it, in their order. Streams in name order, so two committers'
+    // batches lock shared rows in one order and cannot deadlock.
+    let mut seen = std::collections::HashSet::new();
+    let (mut set, mut later): (Vec<Pending>, Vec<Pending>) = batch
+        .into_iter()
+        .partition(|p| !p.events.is_empty() && seen.insert(p.stream_id.clone()));
+    set.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+    let total: usize = set.iter().map(|p| p.events.len()).sum();
+    let mut streams = Vec::with_capacity(set.len());
+    let mut kinds = Vec::with_capacity(set.len());
+    let mut expected = Vec::with_capacity(set.len());
+    let mut counts = Vec::with_capacity(set.len());
+    let mut owners = Vec::with_capacity(total);
+    let mut ks = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    let mut types = Vec::with_capacity(total);
+    let mut versions = Vec::with_capacity(total);
+    let mut payloads = Vec::with_capacity(total);
+    let mut metadata = Vec::with_capacity(total);
+    for (i, p) in set.iter().enumerate() {
+        let (kind, version) = expected_arg(p.expected);
+        streams.push(p.stream_id.as_str());
+        kinds.push(kind);
+        expected.push(version);
+        counts.push(p.events.len() as i32);
+        for (k, (e, m)) in p.events.iter().zip(&p.metadata).enumerate() {
+            owners.push(i as i32 + 1);
+            ks.push(k as i32 + 1);
+            ids.push(e.event_id);
+            types.push(&*e.event_type);
+            // Checked by `check_events` before the append was queued.
+            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            payloads.push(e.payload.as_str());
+            metadata.push(m.as_str());
         }
-    };
-    let result = sqlx::query(&store.inner.queries.append_batch)
-        .bind(text)
+    }
+    let result = sqlx::query(&store.inner.queries.append_set)
+        .bind(&streams)
+        .bind(&kinds)
+        .bind(&expected)
+        .bind(&counts)
+        .bind(&owners)
+        .bind(&ks)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
         .fetch_all(store.pool())
         .await;
     let rows = match result {
@@ -162,98 +224,54 @@ async fn commit(store: PgEventStore, mut batch: Vec<Pending>) {
                 // The connection failed: whether the batch committed is
                 // unknown. Callers re-send (same event ids), which is safe.
                 let message = error.to_string();
-                for pending in batch {
+                for pending in set.into_iter().chain(later) {
                     let _ = pending
                         .reply
                         .send(Err(StoreError::unavailable(message.clone())));
                 }
             } else {
-                // The statement as a whole was refused, so no retry of the
-                // batch can succeed: each append goes alone and gets its own
-                // outcome (a re-sent append that did commit returns its
-                // stored events).
+                // The statement as a whole was refused (an id another
+                // append was storing at the same moment, say): it stored
+                // nothing, so each append goes alone and gets its own
+                // outcome.
                 tracing::warn!(%error, "a group-commit batch failed; appending each alone");
-                each_alone(&store, batch).await;
+                each_alone(&store, set.into_iter().chain(later).collect()).await;
             }
             return;
         }
     };
-    let mut outcomes: Vec<Vec<(i64, i64, chrono::DateTime<chrono::Utc>)>> =
-        batch.iter().map(|_| Vec::new()).collect();
-    let mut failures: Vec<Option<(String, String, String)>> = batch.iter().map(|_| None).collect();
-    // A row that cannot be read (or names no append of the batch) leaves
-    // some append's outcome unknown: those are sent again alone below.
-    let mut unreadable = false;
-    for row in &rows {
-        match read_row(row) {
-            Ok((index, Outcome::Refused(code, detail, message))) if index < batch.len() => {
-                failures[index] = Some((code, detail, message));
-            }
-            Ok((index, Outcome::Stored(position, version, at))) if index < batch.len() => {
-                outcomes[index].push((position, version, at));
-            }
-            Ok((index, _)) => {
-                tracing::error!(
-                    index,
-                    size = batch.len(),
-                    "append_batch row names no append of the batch"
-                );
-                unreadable = true;
-            }
-            Err(error) => {
-                tracing::error!(%error, "unreadable append_batch row");
-                unreadable = true;
-            }
-        }
-    }
+    let (outcomes, unreadable) = sort_rows(set.len(), rows.iter().map(read_row));
     let mut alone = Vec::new();
-    for ((pending, rows), failure) in batch.into_iter().zip(outcomes).zip(failures) {
-        match failure {
-            Some((code, detail, message)) => {
-                match append_refusal(
-                    &code,
-                    &detail,
-                    &message,
-                    &pending.stream_id,
-                    pending.expected,
-                    None,
-                ) {
-                    Some(refused) => {
-                        let _ = pending.reply.send(Err(refused));
-                    }
-                    // Anything else (an id stored concurrently, a stream a
-                    // younger transaction appended to): the direct path
-                    // knows how to retry it.
-                    None => alone.push(pending),
-                }
-            }
-            None if rows.len() == pending.events.len() && !(unreadable && rows.is_empty()) => {
-                let recorded = pending
-                    .events
-                    .into_iter()
-                    .zip(rows)
-                    .map(|(e, (position, version, recorded_at))| RecordedEvent {
-                        event_id: e.event_id,
-                        stream_id: pending.stream_id.clone(),
-                        stream_version: version as u64,
-                        global_position: position as u64,
-                        event_type: e.event_type,
-                        schema_version: e.schema_version,
-                        data: e.payload,
-                        metadata: e.metadata,
-                        recorded_at,
-                    })
-                    .collect::<Vec<_>>();
-                store.after_commit(&recorded);
-                let _ = pending.reply.send(Ok(recorded));
-            }
-            // The batch committed, but what became of this append cannot
-            // be read from its rows: sent again alone, it is either stored
-            // already (and returns its events as stored) or refused or
-            // stored now. Never "failed" for events that committed.
-            None => alone.push(pending),
+    for (pending, rows) in set.into_iter().zip(outcomes) {
+        if rows.len() == pending.events.len() && !(unreadable && rows.is_empty()) {
+            let recorded = pending
+                .events
+                .into_iter()
+                .zip(rows)
+                .map(|(e, (position, version, recorded_at))| RecordedEvent {
+                    event_id: e.event_id,
+                    stream_id: pending.stream_id.clone(),
+                    stream_version: version as u64,
+                    global_position: position as u64,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    data: e.payload,
+                    metadata: e.metadata,
+                    recorded_at,
+                })
+                .collect::<Vec<_>>();
+            store.after_commit(&recorded);
+            let _ = pending.reply.send(Ok(recorded));
+        } else {
+            // Left out of the batch (its expectation, a closed stream,
+            // stored ids), or its rows cannot be read: sent alone, it is
+            // refused with its own error, or stored now, or (stored
+            // already) answered with its events as stored. Never "failed"
+            // for events that committed.
+            alone.push(pending);
         }
     }
+    alone.append(&mut later);
     each_alone(&store, alone).await;
 }
 
@@ -268,35 +286,206 @@ async fn each_alone(store: &PgEventStore, appends: Vec<Pending>) {
     }
 }
 
-/// One append as `append_batch()` reads it, with its size in bytes. Its
-/// caller has checked it (`evently_core::check_events`), so no value in it is
-/// one PostgreSQL refuses.
-pub(crate) fn describe(
+/// Each event's metadata as JSON text.
+fn serialize_metadata(
     stream_id: &StreamId,
-    expected: ExpectedVersion,
     events: &[NewEvent],
-) -> Result<(serde_json::Value, usize), StoreError> {
-    let (kind, expected) = expected_arg(expected);
-    let mut metadata = Vec::with_capacity(events.len());
-    for e in events {
-        metadata.push(serde_json::to_string(&e.metadata).map_err(|err| {
-            StoreError::InvalidAppend {
+) -> Result<Vec<String>, StoreError> {
+    events
+        .iter()
+        .map(|e| {
+            serde_json::to_string(&e.metadata).map_err(|err| StoreError::InvalidAppend {
                 stream_id: stream_id.clone(),
                 reason: format!("metadata does not serialize: {err}"),
-            }
-        })?);
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use evently_core::{EventStore, Metadata, Payload, StreamLifecycle};
+
+    use super::*;
+
+    fn event(id: uuid::Uuid, payload: &str) -> NewEvent {
+        let mut e = NewEvent::raw(
+            "Noted",
+            1,
+            Payload::from_json(payload).expect("json"),
+            Metadata::new(),
+        );
+        e.event_id = id;
+        e
     }
-    let bytes = events.iter().map(|e| e.payload.len()).sum::<usize>()
-        + metadata.iter().map(String::len).sum::<usize>();
-    let described = serde_json::json!({
-        "stream": stream_id.as_str(),
-        "kind": kind,
-        "expected": expected,
-        "ids": events.iter().map(|e| e.event_id.to_string()).collect::<Vec<_>>(),
-        "types": events.iter().map(|e| &*e.event_type).collect::<Vec<_>>(),
-        "versions": events.iter().map(|e| e.schema_version.to_string()).collect::<Vec<_>>(),
-        "payloads": events.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>(),
-        "metadata": metadata,
-    });
-    Ok((described, bytes))
+
+    fn pending(
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> (
+        Pending,
+        oneshot::Receiver<Result<Vec<RecordedEvent>, StoreError>>,
+    ) {
+        let stream_id = StreamId::from(stream);
+        let metadata = serialize_metadata(&stream_id, &events).expect("metadata");
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            stream_id,
+            expected,
+            events,
+            metadata,
+            bytes: 0,
+            reply,
+        };
+        (pending, answer)
+    }
+
+    /// Rows that cannot be read, or that name no append of the batch,
+    /// neither panic nor count as an append's events: the append they may
+    /// belong to has too few rows, and is sent again alone (where a stored
+    /// append answers with its events as stored).
+    #[test]
+    fn rows_that_name_no_append_or_cannot_be_read_leave_an_outcome_unknown() {
+        let at = chrono::Utc::now();
+        let (outcomes, unreadable) = sort_rows(
+            2,
+            vec![
+                Ok((1, 10, 1, at)),
+                Ok((3, 11, 1, at)),
+                Ok((0, 12, 1, at)),
+                Err(sqlx::Error::ColumnNotFound("out_position".into())),
+            ],
+        );
+        assert_eq!(outcomes, vec![vec![(10, 1, at)], vec![]]);
+        assert!(unreadable);
+        let (outcomes, unreadable) = sort_rows(2, vec![Ok((2, 20, 1, at)), Ok((1, 21, 4, at))]);
+        assert_eq!(outcomes, vec![vec![(21, 4, at)], vec![(20, 1, at)]]);
+        assert!(!unreadable);
+    }
+
+    /// One batch, committed by one call of `commit`: two appends that
+    /// hold, one whose expectation does not, one to a closed stream, one
+    /// reusing a stored event id with other content, and a second append
+    /// to a stream already in the batch. The good ones commit (the first
+    /// two in the batch's one transaction); each failing caller gets its
+    /// own typed error; nothing of theirs is stored.
+    #[tokio::test]
+    async fn a_batch_commits_the_appends_that_hold_and_answers_each_failure_alone() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("es_test_{}", uuid::Uuid::now_v7().simple());
+        let store = PgEventStore::builder()
+            .schema(schema)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot set up a PostgreSQL store at {url}: {e}"));
+        let stored_id = uuid::Uuid::now_v7();
+        let at_one = StreamId::from("at-one");
+        store
+            .append(
+                &at_one,
+                ExpectedVersion::NoStream,
+                vec![event(stored_id, "{}")],
+            )
+            .await
+            .expect("setup append");
+        store
+            .close_stream(&StreamId::from("closed"))
+            .await
+            .expect("close");
+
+        let (fresh, fresh_answer) = pending(
+            "fresh",
+            ExpectedVersion::NoStream,
+            vec![
+                event(uuid::Uuid::now_v7(), r#"{"n":1}"#),
+                event(uuid::Uuid::now_v7(), r#"{"n":2}"#),
+            ],
+        );
+        let (conflict, conflict_answer) = pending(
+            "at-one",
+            ExpectedVersion::Exact(0),
+            vec![event(uuid::Uuid::now_v7(), "{}")],
+        );
+        let (next, next_answer) = pending(
+            "at-one",
+            ExpectedVersion::Exact(1),
+            vec![event(uuid::Uuid::now_v7(), r#"{"n":3}"#)],
+        );
+        let (closed, closed_answer) = pending(
+            "closed",
+            ExpectedVersion::Any,
+            vec![event(uuid::Uuid::now_v7(), "{}")],
+        );
+        let (reuse, reuse_answer) = pending(
+            "reuse",
+            ExpectedVersion::NoStream,
+            vec![event(stored_id, r#"{"other":true}"#)],
+        );
+        let (any, any_answer) = pending(
+            "any",
+            ExpectedVersion::Any,
+            vec![event(uuid::Uuid::now_v7(), r#"{"n":4}"#)],
+        );
+        commit(
+            store.clone(),
+            vec![fresh, conflict, next, closed, reuse, any],
+        )
+        .await;
+
+        let fresh = fresh_answer.await.expect("answered").expect("fresh stored");
+        assert_eq!(
+            fresh.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let any = any_answer.await.expect("answered").expect("any stored");
+        assert_eq!(any[0].stream_version, 1);
+        // Same transaction: the same id in the positions' upper bits.
+        assert_eq!(fresh[0].global_position >> 20, any[0].global_position >> 20);
+
+        match conflict_answer.await.expect("answered") {
+            Err(StoreError::WrongExpectedVersion {
+                stream_id,
+                expected,
+                actual,
+            }) => {
+                assert_eq!(stream_id.as_str(), "at-one");
+                assert_eq!(expected, ExpectedVersion::Exact(0));
+                assert_eq!(actual, 1);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        match closed_answer.await.expect("answered") {
+            Err(StoreError::StreamClosed { stream_id }) => assert_eq!(stream_id.as_str(), "closed"),
+            other => panic!("expected StreamClosed, got {other:?}"),
+        }
+        match reuse_answer.await.expect("answered") {
+            Err(StoreError::DuplicateEventId { event_id, .. }) => assert_eq!(event_id, stored_id),
+            other => panic!("expected DuplicateEventId, got {other:?}"),
+        }
+        // The second append to a stream in the batch went after it.
+        let next = next_answer.await.expect("answered").expect("next stored");
+        assert_eq!(next[0].stream_version, 2);
+
+        // What the log holds: the stored appends, nothing of the refused.
+        for (stream, version) in [
+            ("fresh", 2),
+            ("any", 1),
+            ("at-one", 2),
+            ("reuse", 0),
+            ("closed", 0),
+        ] {
+            assert_eq!(
+                store
+                    .stream_version(&StreamId::from(stream))
+                    .await
+                    .expect("version"),
+                version,
+                "{stream}"
+            );
+        }
+        let all = store.read_all(0, 100).await.expect("read_all");
+        assert_eq!(all.len(), 5);
+    }
 }

@@ -21,7 +21,7 @@
 //!
 //! # Schema
 //!
-//! Everything lives in one PostgreSQL schema (`evently` unless configured), so
+//! Everything lives in one PostgreSQL schema (`es` unless configured), so
 //! several services can share a database. The store creates and upgrades it
 //! itself on connect: embedded, numbered migrations, recorded in
 //! `schema_migrations` with the SHA-256 of each, applied in a transaction
@@ -120,12 +120,26 @@
 //!
 //! # Round trips
 //!
-//! - `append`: one (a single `SELECT append_events(...)` statement in its
-//!   own implicit transaction), plus a pool checkout.
+//! - `append`: one statement in its own implicit transaction, plus a pool
+//!   checkout. For the common case (one stream, an exact or no-stream
+//!   expectation, no command record) that statement moves the stream's row
+//!   and inserts the events, with no advisory lock and no `FOR UPDATE`:
+//!   appends at one version serialise on the stream's row and the second
+//!   finds the version moved, and a row moves only when no younger
+//!   transaction appended to the stream, so versions follow log order.
+//!   When it stores nothing (a wrong expectation, a closed stream, an id
+//!   stored already: a retry) it is followed by `append_events(...)`, which
+//!   locks the stream and tells which, with its typed error; other
+//!   expectations and command records go there directly.
+//! - group commit: one statement per batch of concurrent appends (one
+//!   `INSERT … SELECT FROM unnest(...)` for the streams' rows and one for
+//!   the events); an append whose expectation does not hold, whose stream
+//!   is closed or whose ids are stored already is left out of the batch
+//!   and sent alone after it commits, for its own answer.
 //! - `append_atomic` over n streams: n + 2 (`BEGIN`, one statement per
 //!   stream, `COMMIT`).
-//! - loading an aggregate: one per 1,024 events (`read_stream` pages), plus
-//!   one for the snapshot when snapshots are on.
+//! - loading an aggregate: one (`fold_stream` streams the rows of one
+//!   query), plus one for the snapshot when snapshots are on.
 //! - `read_all` and `head_position`: one; a handle that has appended first
 //!   waits (polling `readable_bound()`, bounded) until its own events are
 //!   readable, so a writer reads its own writes.
@@ -200,6 +214,10 @@ use sqlx::postgres::PgPool;
 
 use queries::Queries;
 
+/// Most events one transaction may append: the index part of a position
+/// has 20 bits.
+pub(crate) const MAX_EVENTS_PER_TRANSACTION: usize = 1 << 20;
+
 /// The PostgreSQL event store. Clones share one pool.
 #[derive(Clone)]
 pub struct PgEventStore {
@@ -248,7 +266,7 @@ struct Options {
 }
 
 impl PgEventStore {
-    /// A builder with the defaults: schema `evently`, 10 connections.
+    /// A builder with the defaults: schema `es`, 10 connections.
     pub fn builder() -> PgEventStoreBuilder {
         PgEventStoreBuilder::default()
     }

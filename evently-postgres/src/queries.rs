@@ -52,6 +52,31 @@ impl std::fmt::Display for SchemaName {
     }
 }
 
+/// The first position of the current transaction: its id shifted left by
+/// 20 bits (the id is assigned here if the transaction has none yet).
+const BASE: &str = "(pg_current_xact_id()::text::bigint << 20)";
+
+/// The end of the single-statement appends (`append_new`,
+/// `append_exact`) in schema `s`: inserts the events (`$3` ids, `$4` types, `$5` schema
+/// versions, `$6` payloads, `$7` metadata) after the stream's row `s`
+/// moved, and returns them in order. No row of `s` (the expectation did
+/// not hold, the stream is closed, or a younger transaction appended to
+/// it): nothing inserted, no row returned.
+fn append_tail(s: &str) -> String {
+    format!(
+        ", i AS ( \
+         INSERT INTO {s}.events AS e \
+             (position, event_id, stream_id, stream_version, event_type, schema_version, \
+              payload, metadata) \
+         SELECT s.first + u.ord - 1, u.id, $1, s.prev + u.ord, u.typ, u.ver, u.pay::jsonb, \
+                u.meta::jsonb \
+         FROM s, unnest($3::uuid[], $4::text[], $5::integer[], $6::text[], $7::text[]) \
+              WITH ORDINALITY AS u(id, typ, ver, pay, meta, ord) \
+         RETURNING e.position, e.stream_version, e.recorded_at \
+     ) SELECT position, stream_version, recorded_at FROM i ORDER BY position"
+    )
+}
+
 /// Sends a NOTIFY on a channel (`$1`).
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
 
@@ -158,7 +183,9 @@ pub(crate) struct Queries {
     // Appends.
     pub append: String,
     pub append_command: String,
-    pub append_batch: String,
+    pub append_new: String,
+    pub append_exact: String,
+    pub append_set: String,
     pub lock_streams: String,
     // Reads.
     pub read_stream: String,
@@ -214,6 +241,7 @@ impl Queries {
     pub(crate) fn new(schema: &SchemaName) -> Self {
         let s = schema.quoted();
         let columns = EVENT_COLUMNS;
+        let tail = append_tail(&s);
         Queries {
             append: format!(
                 "SELECT out_position, out_version, out_recorded_at, out_replayed \
@@ -223,9 +251,65 @@ impl Queries {
                 "SELECT out_position, out_version, out_recorded_at, out_replayed \
                  FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
-            append_batch: format!(
-                "SELECT out_index, out_position, out_version, out_recorded_at, out_code, \
-                        out_detail, out_message FROM {s}.append_batch($1::jsonb)"
+            append_new: format!(
+                "WITH s AS ( \
+                     INSERT INTO {s}.streams AS s (stream_id, version, last_position) \
+                     VALUES ($1, cardinality($3::uuid[]), {BASE} + cardinality($3::uuid[]) - 1) \
+                     ON CONFLICT (stream_id) DO UPDATE \
+                         SET version = EXCLUDED.version, last_position = EXCLUDED.last_position \
+                         WHERE s.version = $2 AND NOT s.closed AND s.last_position < {BASE} \
+                     RETURNING s.version - cardinality($3::uuid[]) AS prev, \
+                               s.last_position - cardinality($3::uuid[]) + 1 AS first \
+                 ){tail}"
+            ),
+            append_exact: format!(
+                "WITH s AS ( \
+                     UPDATE {s}.streams s \
+                     SET version = s.version + cardinality($3::uuid[]), \
+                         last_position = {BASE} + cardinality($3::uuid[]) - 1 \
+                     WHERE s.stream_id = $1 AND s.version = $2 AND NOT s.closed \
+                       AND s.last_position < {BASE} \
+                     RETURNING s.version - cardinality($3::uuid[]) AS prev, \
+                               s.last_position - cardinality($3::uuid[]) + 1 AS first \
+                 ){tail}"
+            ),
+            append_set: format!(
+                "WITH a AS ( \
+                     SELECT a.*, {BASE} + sum(a.n) OVER (ORDER BY a.idx) - a.n AS first \
+                     FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::integer[]) \
+                          WITH ORDINALITY AS a(stream, kind, expected, n, idx) \
+                 ), u AS ( \
+                     SELECT * FROM unnest($5::integer[], $6::integer[], $7::uuid[], $8::text[], \
+                                          $9::integer[], $10::text[], $11::text[]) \
+                          AS u(idx, k, id, typ, ver, pay, meta) \
+                 ), s AS ( \
+                     INSERT INTO {s}.streams AS s (stream_id, version, last_position) \
+                     SELECT a.stream, a.n, a.first + a.n - 1 FROM a \
+                     WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0) \
+                            OR EXISTS (SELECT 1 FROM {s}.streams x WHERE x.stream_id = a.stream)) \
+                       AND NOT EXISTS (SELECT 1 FROM u JOIN {s}.events e ON e.event_id = u.id \
+                                       WHERE u.idx = a.idx) \
+                     ORDER BY a.stream \
+                     ON CONFLICT (stream_id) DO UPDATE \
+                         SET version = s.version + EXCLUDED.version, \
+                             last_position = EXCLUDED.last_position \
+                         WHERE NOT s.closed AND s.last_position < {BASE} \
+                           AND EXISTS (SELECT 1 FROM a WHERE a.stream = EXCLUDED.stream_id \
+                                AND (a.kind = 0 OR (a.kind = 1 AND s.version = 0) \
+                                     OR (a.kind = 2 AND s.version > 0) \
+                                     OR (a.kind = 3 AND s.version = a.expected))) \
+                     RETURNING s.stream_id, s.version \
+                 ), i AS ( \
+                     INSERT INTO {s}.events AS e \
+                         (position, event_id, stream_id, stream_version, event_type, \
+                          schema_version, payload, metadata) \
+                     SELECT a.first + u.k - 1, u.id, a.stream, s.version - a.n + u.k, u.typ, \
+                            u.ver, u.pay::jsonb, u.meta::jsonb \
+                     FROM u JOIN a ON a.idx = u.idx JOIN s ON s.stream_id = a.stream \
+                     RETURNING e.stream_id, e.position, e.stream_version, e.recorded_at \
+                 ) \
+                 SELECT a.idx::integer, i.position, i.stream_version, i.recorded_at \
+                 FROM i JOIN a ON a.stream = i.stream_id ORDER BY i.position"
             ),
             lock_streams: format!("SELECT {s}.lock_streams($1::text[])"),
             // The stream's version comes with its events (or alone, when

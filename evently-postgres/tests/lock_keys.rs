@@ -1,7 +1,8 @@
 //! The per-stream lock keys: they include the schema, so two stores in two
 //! schemas of one database never wait for each other, and atomic appends
-//! (and group-commit batches) take them in the order of the keys, so
-//! colliding keys cannot deadlock.
+//! take them in the order of the keys, so colliding keys cannot deadlock.
+//! The common append (an exact or no-stream expectation) takes none, and
+//! still keeps a stream's versions in log order.
 
 mod common;
 
@@ -170,4 +171,80 @@ async fn atomic_appends_lock_in_key_order_so_colliding_keys_cannot_deadlock() {
             "{name}"
         );
     }
+}
+
+/// The common append (one stream, an exact or no-stream expectation) is one
+/// statement that takes no advisory lock: it completes while another
+/// session holds the stream's advisory lock. The stream's row is what
+/// serialises two appends to it.
+#[tokio::test]
+async fn an_exact_or_new_stream_append_takes_no_advisory_lock() {
+    let store = fresh_store().await;
+    let stream = StreamId::from("account-unlocked");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![numbered(1)])
+        .await
+        .unwrap();
+    let s = store.schema();
+    let mut holder = store.pool().begin().await.unwrap();
+    for name in ["account-unlocked", "account-new"] {
+        sqlx::query(&format!(
+            "SELECT pg_advisory_xact_lock(\"{s}\".stream_lock_key($1))"
+        ))
+        .bind(name)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    }
+    let appended = tokio::time::timeout(
+        PATIENCE,
+        store.append(&stream, ExpectedVersion::Exact(1), vec![numbered(2)]),
+    )
+    .await
+    .expect("an exact append waited for the stream's advisory lock")
+    .unwrap();
+    assert_eq!(appended[0].stream_version, 2);
+    let created = tokio::time::timeout(
+        PATIENCE,
+        store.append(
+            &StreamId::from("account-new"),
+            ExpectedVersion::NoStream,
+            vec![numbered(3)],
+        ),
+    )
+    .await
+    .expect("a new stream's append waited for the stream's advisory lock")
+    .unwrap();
+    assert_eq!(created[0].stream_version, 1);
+    holder.rollback().await.unwrap();
+}
+
+/// A stream's versions follow log order: an append whose transaction is
+/// older than the one that wrote the stream's last event (which the
+/// single statement cannot see coming, as it takes no lock first) stores
+/// nothing and is refused as worth retrying, in a new transaction. Staged
+/// here by moving the stream's last position above every transaction's.
+#[tokio::test]
+async fn an_append_older_than_the_streams_last_event_stores_nothing() {
+    let store = fresh_store().await;
+    let stream = StreamId::from("account-ordered");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![numbered(1)])
+        .await
+        .unwrap();
+    let s = store.schema();
+    sqlx::query(&format!(
+        "UPDATE \"{s}\".streams SET last_position = 1::bigint << 62 WHERE stream_id = $1"
+    ))
+    .bind(stream.as_str())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(1), vec![numbered(2)])
+        .await
+        .expect_err("an append below the stream's last event");
+    assert!(refused.is_transient(), "{refused:?}");
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 1);
+    assert_eq!(store.read_stream(&stream, 1, 10).await.unwrap().len(), 1);
 }
