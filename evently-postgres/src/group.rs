@@ -173,6 +173,11 @@ async fn commit(store: PgEventStore, batch: Vec<Pending>) {
         .into_iter()
         .partition(|p| !p.events.is_empty() && seen.insert(p.stream_id.clone()));
     set.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+    // A batch of one is the single-statement append, which is cheaper.
+    if set.len() < 2 {
+        set.append(&mut later);
+        return each_alone(&store, set).await;
+    }
     let total: usize = set.iter().map(|p| p.events.len()).sum();
     let mut streams = Vec::with_capacity(set.len());
     let mut kinds = Vec::with_capacity(set.len());

@@ -284,9 +284,10 @@ impl Queries {
                           AS u(idx, k, id, typ, ver, pay, meta) \
                  ), s AS ( \
                      INSERT INTO {s}.streams AS s (stream_id, version, last_position) \
-                     SELECT a.stream, a.n, a.first + a.n - 1 FROM a \
+                     SELECT a.stream, a.n, a.first + a.n - 1 \
+                     FROM a LEFT JOIN {s}.streams x ON x.stream_id = a.stream \
                      WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0) \
-                            OR EXISTS (SELECT 1 FROM {s}.streams x WHERE x.stream_id = a.stream)) \
+                            OR x.stream_id IS NOT NULL) \
                        AND NOT EXISTS (SELECT 1 FROM u JOIN {s}.events e ON e.event_id = u.id \
                                        WHERE u.idx = a.idx) \
                      ORDER BY a.stream \
