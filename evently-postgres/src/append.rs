@@ -517,18 +517,30 @@ fn recorded_from_append(
         .map(|(e, row)| {
             let position: i64 = row.try_get(0).map_err(unavailable_or_backend)?;
             let version: i64 = row.try_get(1).map_err(unavailable_or_backend)?;
-            Ok(RecordedEvent {
-                event_id: e.event_id,
-                stream_id: stream_id.clone(),
-                stream_version: version as u64,
-                global_position: position as u64,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                data: e.payload,
-                metadata: e.metadata,
-                recorded_at: row.try_get(2).map_err(unavailable_or_backend)?,
-            })
+            let recorded_at = row.try_get(2).map_err(unavailable_or_backend)?;
+            Ok(recorded(stream_id, e, position, version, recorded_at))
         })
         .collect::<Result<_, StoreError>>()?;
     Ok((recorded, replayed))
+}
+
+/// An appended event as stored: where, at which version, when.
+pub(crate) fn recorded(
+    stream_id: &StreamId,
+    e: NewEvent,
+    position: i64,
+    version: i64,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+) -> RecordedEvent {
+    RecordedEvent {
+        event_id: e.event_id,
+        stream_id: stream_id.clone(),
+        stream_version: version as u64,
+        global_position: position as u64,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        data: e.payload,
+        metadata: e.metadata,
+        recorded_at,
+    }
 }

@@ -15,7 +15,7 @@ use evently_core::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamI
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::append::expected_arg;
+use crate::append::{expected_arg, recorded};
 use crate::error::unavailable_or_backend;
 use crate::{Inner, PgEventStore};
 
@@ -253,16 +253,8 @@ async fn commit(store: PgEventStore, batch: Vec<Pending>) {
                 .events
                 .into_iter()
                 .zip(rows)
-                .map(|(e, (position, version, recorded_at))| RecordedEvent {
-                    event_id: e.event_id,
-                    stream_id: pending.stream_id.clone(),
-                    stream_version: version as u64,
-                    global_position: position as u64,
-                    event_type: e.event_type,
-                    schema_version: e.schema_version,
-                    data: e.payload,
-                    metadata: e.metadata,
-                    recorded_at,
+                .map(|(e, (position, version, at))| {
+                    recorded(&pending.stream_id, e, position, version, at)
                 })
                 .collect::<Vec<_>>();
             store.after_commit(&recorded);
