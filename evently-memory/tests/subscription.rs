@@ -74,3 +74,64 @@ async fn a_slow_subscriber_falls_behind_without_blocking_writers() {
         }
     }
 }
+
+/// Appends made while nobody subscribes do not publish the head (it saves
+/// W1 the wake-up); a subscription opened afterwards, while writers go on,
+/// still sees every event, and the head position counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_arrives_after_unobserved_appends_sees_every_event() {
+    let store = MemoryStore::new();
+    let stream = StreamId::from("before");
+    for n in 0..3 {
+        store
+            .append(&stream, ExpectedVersion::Any, vec![event(n)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.head_position().await.unwrap(), 3);
+
+    for round in 0..50u64 {
+        // Writers race the subscription's opening: each round appends
+        // two events, one of them while the subscription may be opening.
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::new(format!("round-{round}"));
+                for n in 0..2 {
+                    store
+                        .append(&stream, ExpectedVersion::Any, vec![event(n)])
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut subscription = store.subscribe(1);
+        writer.await.unwrap();
+        // Three before the rounds, three in each round before this one.
+        let total = 3 + 3 * round + 2;
+        assert_eq!(store.head_position().await.unwrap(), total);
+        for expected in 1..=total {
+            let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: event {expected} never came"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(event.global_position, expected);
+        }
+        // And one appended while it waits at the head wakes it.
+        let waiting = tokio::spawn(async move { subscription.next().await });
+        tokio::task::yield_now().await;
+        store
+            .append(&stream, ExpectedVersion::Any, vec![event(99)])
+            .await
+            .unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the waiting subscriber was not woken"))
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(woken.global_position, total + 1);
+    }
+}

@@ -72,18 +72,42 @@ fn check_metadata(stream_id: &StreamId, events: &[NewEvent]) -> Result<(), Store
 /// as [`check_events`] does, a stream once, an event id once across all
 /// streams.
 pub fn check_appends(appends: &[StreamAppend]) -> Result<(), StoreError> {
-    let mut streams = std::collections::HashSet::with_capacity(appends.len());
-    let mut ids = std::collections::HashSet::new();
-    for write in appends {
+    // The common append (one stream, a few events) is checked by
+    // comparing pairs: building hash sets cost 5 % of an in-memory command.
+    const SMALL: usize = 16;
+    let events: usize = appends.iter().map(|w| w.events.len()).sum();
+    let mut streams =
+        (appends.len() > SMALL).then(|| std::collections::HashSet::with_capacity(appends.len()));
+    let mut ids = (events > SMALL).then(|| std::collections::HashSet::with_capacity(events));
+    for (i, write) in appends.iter().enumerate() {
         crate::limits::check_append(&write.stream_id, &write.events)?;
-        if !streams.insert(&write.stream_id) {
+        let repeated = match &mut streams {
+            Some(seen) => !seen.insert(&write.stream_id),
+            None => appends[..i].iter().any(|w| w.stream_id == write.stream_id),
+        };
+        if repeated {
             return Err(StoreError::InvalidAppend {
                 stream_id: write.stream_id.clone(),
                 reason: "the stream appears twice in one atomic append".into(),
             });
         }
         check_metadata(&write.stream_id, &write.events)?;
-        if let Some(dup) = write.events.iter().find(|e| !ids.insert(e.event_id)) {
+        let dup = match &mut ids {
+            Some(seen) => write.events.iter().find(|e| !seen.insert(e.event_id)),
+            None => write
+                .events
+                .iter()
+                .enumerate()
+                .find(|(j, e)| {
+                    appends[..i]
+                        .iter()
+                        .flat_map(|w| &w.events)
+                        .chain(&write.events[..*j])
+                        .any(|earlier| earlier.event_id == e.event_id)
+                })
+                .map(|(_, e)| e),
+        };
+        if let Some(dup) = dup {
             return Err(StoreError::InvalidAppend {
                 stream_id: write.stream_id.clone(),
                 reason: format!("event id {} appears twice in one append", dup.event_id),
@@ -126,3 +150,69 @@ pub struct UnreadableEvent {
 /// A subscription yielding the rows of the global log: see
 /// [`EventStore::subscribe_rows`](crate::EventStore::subscribe_rows).
 pub type LogStream = BoxStream<'static, Result<LogItem, StoreError>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExpectedVersion, Metadata, NewEvent, Payload};
+
+    fn event() -> NewEvent {
+        NewEvent::raw(
+            "Tested",
+            1,
+            Payload::from_value(&serde_json::json!({})),
+            Metadata::new(),
+        )
+    }
+
+    fn append(stream: &str, events: Vec<NewEvent>) -> StreamAppend {
+        StreamAppend {
+            stream_id: StreamId::new(stream),
+            expected: ExpectedVersion::Any,
+            events,
+        }
+    }
+
+    fn reason(appends: &[StreamAppend]) -> Option<String> {
+        match check_appends(appends) {
+            Ok(()) => None,
+            Err(StoreError::InvalidAppend { reason, .. }) => Some(reason),
+            Err(other) => panic!("expected InvalidAppend, got {other:?}"),
+        }
+    }
+
+    /// Small appends are checked pair by pair, large ones with hash sets:
+    /// both refuse a repeated stream and a repeated event id, within a
+    /// stream's events or across streams, and pass distinct ones.
+    #[test]
+    fn a_stream_or_an_event_id_twice_is_refused_at_every_size() {
+        for streams in [1, 2, 3, 17, 40] {
+            for per_stream in [1, 2, 9, 20] {
+                let distinct: Vec<StreamAppend> = (0..streams)
+                    .map(|s| {
+                        append(
+                            &format!("s-{s}"),
+                            (0..per_stream).map(|_| event()).collect(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(reason(&distinct), None, "{streams} × {per_stream}");
+
+                let mut same_id = distinct.clone();
+                let first = same_id[0].events[0].clone();
+                same_id.last_mut().unwrap().events.push(first.clone());
+                let said = reason(&same_id).expect("a repeated event id is refused");
+                assert!(said.contains(&first.event_id.to_string()), "{said}");
+
+                if streams > 1 {
+                    let mut same_stream = distinct.clone();
+                    same_stream.last_mut().unwrap().stream_id = StreamId::new("s-0");
+                    assert_eq!(
+                        reason(&same_stream).as_deref(),
+                        Some("the stream appears twice in one atomic append")
+                    );
+                }
+            }
+        }
+    }
+}
