@@ -295,6 +295,22 @@ where
         }
     }
 
+    async fn release(&mut self, projection: &P) {
+        // Unlocked on the server before this returns: dropping the
+        // connection alone frees the lock only when the server notices.
+        if let Some(mut conn) = self.lock.take() {
+            let key = lock_key(&self.store, projection.name());
+            if let Err(e) = sqlx::query(crate::queries::ADVISORY_UNLOCK)
+                .bind(&key)
+                .execute(&mut conn)
+                .await
+            {
+                tracing::debug!(error = %e, "cannot unlock a projection's lease; closing its connection frees it");
+            }
+            let _ = conn.close().await;
+        }
+    }
+
     async fn checkpoint(&mut self, projection: &P) -> Result<u64, StoreError> {
         sqlx::query(&self.store.inner.queries.insert_checkpoint)
             .bind(projection.name())

@@ -89,6 +89,15 @@ pub trait ProjectionTarget<P: Projection>: Send {
     /// exist.
     fn acquire(&mut self, projection: &P) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Gives up what [`ProjectionTarget::acquire`] took, when the runner
+    /// ends (stopped or failed), so that another instance or a rebuild can
+    /// take it at once rather than when a dropped connection is noticed.
+    /// The default does nothing.
+    fn release(&mut self, projection: &P) -> impl Future<Output = ()> + Send {
+        let _ = projection;
+        async {}
+    }
+
     /// The stored checkpoint (0 before the first event).
     fn checkpoint(
         &mut self,

@@ -50,6 +50,9 @@ where
             stop: stop_rx,
         };
         let outcome = AssertUnwindSafe(runner.run()).catch_unwind().await;
+        // Before the state says stopped: whoever waits for that may take
+        // the lease next.
+        runner.target.release(&runner.projection).await;
         let state = match outcome {
             Ok(Ok(())) => ProjectionState::Stopped,
             Ok(Err(reason)) => ProjectionState::Failed(reason),
