@@ -40,3 +40,7 @@ pub use evently_memory as memory;
 /// The PostgreSQL store (feature `postgres`): `evently::postgres::PgEventStore`.
 #[cfg(feature = "postgres")]
 pub use evently_postgres as postgres;
+
+/// The log on NATS JetStream (feature `nats`): `evently::nats::Publisher`.
+#[cfg(feature = "nats")]
+pub use evently_nats as nats;
