@@ -15,10 +15,10 @@ extern crate self as evently;
 // needs stays in `evently::backend` instead of the crate root.
 pub use evently_core::{
     Aggregate, AggregateEvent, AsOf, Command, CommandContext, CommandError, CommandOutcome,
-    CommandRecord, DecodeError, DecodeErrorKind, EncodeError, Event, EventStore, EventStream,
-    ExpectedVersion, Journal, JournalEntry, JournalOutcome, Loaded, Metadata, NewEvent, Payload,
-    RecordedEvent, Repository, RetryPolicy, RoutedCommand, Snapshot, Snapshots, StoreError,
-    StreamAppend, StreamId,
+    CommandRecord, DecodeError, DecodeErrorKind, EncodeError, Event, EventSource, EventStore,
+    EventStream, ExpectedVersion, Journal, JournalEntry, JournalOutcome, Loaded, Metadata,
+    NewEvent, Payload, RecordedEvent, Repository, RetryPolicy, RoutedCommand, Snapshot, Snapshots,
+    StoreError, StreamAppend, StreamId,
 };
 // `#[derive(Projection)]` (the trait is `evently::projection::Projection`).
 pub use evently_core::Projection;

@@ -85,8 +85,8 @@ pub use event::{AggregateEvent, Event, EventData, NewEvent, Payload, RecordedEve
 pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Journal, Loaded, Repository, RetryPolicy, Snapshots};
 pub use store::{
-    CommandRecord, CommandStore, CorrelationStore, EventStore, EventStream, JournalEntry,
-    JournalOutcome, Snapshot, SnapshotStore, StreamAppend, StreamLifecycle,
+    CommandRecord, CommandStore, CorrelationStore, EventSource, EventStore, EventStream,
+    JournalEntry, JournalOutcome, Snapshot, SnapshotStore, StreamAppend, StreamLifecycle,
 };
 pub use version::{ExpectedVersion, StreamId};
 

@@ -238,6 +238,27 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     }
 }
 
+/// Where a projection reads events from: the global log of a store, or a
+/// stream another service publishes (`evently-nats`'s `JetStreamSource`).
+/// The projection runner needs nothing else, so projections, their
+/// checkpoints and failure policies work the same on either.
+///
+/// Positions are the source's own: a store's global positions, or a
+/// JetStream stream's sequence numbers. They increase along the source,
+/// and a checkpoint is the last one applied.
+pub trait EventSource: Clone + Send + Sync + 'static {
+    /// Follows the source from `from_position` (inclusive): catch-up, then
+    /// live, as [`EventStore::subscribe_rows`] does for a store's log.
+    fn rows_from(&self, from_position: u64) -> LogStream;
+}
+
+/// Every store is a source of its own log.
+impl<S: EventStore> EventSource for S {
+    fn rows_from(&self, from_position: u64) -> LogStream {
+        self.subscribe_rows(from_position)
+    }
+}
+
 /// A store that keeps snapshots of aggregates' state, so
 /// [`crate::Repository::with_snapshots`] can load the latest one and only
 /// the events after it.

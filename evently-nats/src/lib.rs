@@ -45,6 +45,8 @@
 
 pub mod headers;
 mod publisher;
+mod source;
 pub mod subject;
 
 pub use publisher::{PublishError, Publisher, PublisherConfig, PublisherStats};
+pub use source::JetStreamSource;

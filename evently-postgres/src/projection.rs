@@ -58,10 +58,36 @@ impl PgEventStore {
     {
         let target = PgProjectionTarget {
             store: self.clone(),
+            own_log: true,
             lock: None,
             lock_checked: Instant::now(),
         };
         run_projection(self.clone(), projection, target, options)
+    }
+
+    /// Runs a projection into this database that reads its events from
+    /// `source` instead of this store's log: another service's stream
+    /// consumed over NATS JetStream, say. Everything else is as
+    /// [`PgEventStore::run_projection`]: one instance at a time, the
+    /// checkpoint (the source's position) moved in the read model's own
+    /// transaction, so a redelivered event is applied once.
+    pub fn run_projection_from<P, Src>(
+        &self,
+        source: Src,
+        projection: P,
+        options: ProjectionOptions,
+    ) -> ProjectionHandle
+    where
+        P: Projection<Sink = PgConnection>,
+        Src: evently_core::EventSource,
+    {
+        let target = PgProjectionTarget {
+            store: self.clone(),
+            own_log: false,
+            lock: None,
+            lock_checked: Instant::now(),
+        };
+        run_projection(source, projection, target, options)
     }
 
     /// The checkpoint of a projection (0 if it never ran).
@@ -193,6 +219,9 @@ pub(crate) fn lock_key(store: &PgEventStore, name: &str) -> String {
 
 struct PgProjectionTarget {
     store: PgEventStore,
+    /// Whether the events come from this store's own log (else from
+    /// another source, whose unreadable rows are not in `events`).
+    own_log: bool,
     /// The connection holding the advisory lock: the lease.
     lock: Option<PgConnection>,
     lock_checked: Instant,
@@ -380,6 +409,12 @@ where
         error: &str,
         from: u64,
     ) -> Result<(), BatchError> {
+        if !self.own_log {
+            // Not a row of this store's `events`: park what the source
+            // could read of it.
+            let placeholder = evently_core::backend::unreadable_placeholder(row);
+            return self.park(projection, &placeholder, error, from).await;
+        }
         // The row's identity columns read fine (only the rest of it does
         // not): the statement copies them from the events table.
         let park = sqlx::query(&self.store.inner.queries.park_unreadable)

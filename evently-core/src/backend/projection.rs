@@ -138,18 +138,27 @@ pub trait ProjectionTarget<P: Projection>: Send {
         error: &str,
         from: u64,
     ) -> impl Future<Output = Result<(), BatchError>> + Send {
-        let placeholder = RecordedEvent {
-            event_id: row.event_id.unwrap_or_default(),
-            stream_id: row.stream_id.clone(),
-            stream_version: row.stream_version,
-            global_position: row.global_position,
-            event_type: row.event_type.clone().unwrap_or_default().into(),
-            schema_version: row.schema_version.unwrap_or_default(),
-            data: Payload::from_value(&serde_json::Value::Null),
-            metadata: crate::Metadata::new(),
-            recorded_at: chrono::Utc::now(),
-        };
+        let placeholder = unreadable_placeholder(row);
         let error = error.to_owned();
         async move { self.park(projection, &placeholder, &error, from).await }
+    }
+}
+
+/// What [`ProjectionTarget::park_unreadable`] parks by default for a row
+/// that cannot be read: an event made of what is known of it (its
+/// position, stream and version; its id, type and schema version where
+/// they could be read, else the nil id, an empty type, version 0), a
+/// `null` payload and fresh metadata.
+pub fn unreadable_placeholder(row: &UnreadableEvent) -> RecordedEvent<Payload> {
+    RecordedEvent {
+        event_id: row.event_id.unwrap_or_default(),
+        stream_id: row.stream_id.clone(),
+        stream_version: row.stream_version,
+        global_position: row.global_position,
+        event_type: row.event_type.clone().unwrap_or_default().into(),
+        schema_version: row.schema_version.unwrap_or_default(),
+        data: Payload::from_value(&serde_json::Value::Null),
+        metadata: crate::Metadata::new(),
+        recorded_at: chrono::Utc::now(),
     }
 }

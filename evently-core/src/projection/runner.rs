@@ -14,10 +14,10 @@ use super::{
 use crate::backend::{decode_handled, BatchError, LogItem, ProjectionTarget, UnreadableEvent};
 use crate::error::StoreError;
 use crate::event::{Event, RecordedEvent};
-use crate::store::EventStore;
+use crate::store::EventSource;
 
-/// Starts a projection on a tokio task: the runner follows `store`'s log
-/// from `target`'s checkpoint. A panic in the projection stops this
+/// Starts a projection on a tokio task: the runner follows `store` (a
+/// store's log, or any other [`EventSource`]) from `target`'s checkpoint. A panic in the projection stops this
 /// projection only, marked failed.
 pub fn run_projection<P, S, T>(
     store: S,
@@ -27,7 +27,7 @@ pub fn run_projection<P, S, T>(
 ) -> ProjectionHandle
 where
     P: Projection,
-    S: EventStore,
+    S: EventSource,
     T: ProjectionTarget<P> + 'static,
 {
     let initial = ProjectionStatus {
@@ -101,7 +101,7 @@ enum Restart {
 impl<P, S, T> Runner<P, S, T>
 where
     P: Projection,
-    S: EventStore,
+    S: EventSource,
     T: ProjectionTarget<P>,
 {
     /// Runs until stopped (Ok) or failed (Err with the reason).
@@ -143,7 +143,7 @@ where
             s.position = checkpoint;
             s.state = ProjectionState::Running;
         });
-        let mut log = self.store.subscribe_rows(checkpoint + 1);
+        let mut log = self.store.rows_from(checkpoint + 1);
         let mut limit = self.options.batch_size;
         loop {
             // A batch: the next event, and whatever else is ready now, up to
