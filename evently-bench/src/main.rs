@@ -19,6 +19,7 @@
 
 mod domain;
 mod floors;
+mod nats;
 mod report;
 mod support;
 mod workloads;
@@ -52,7 +53,7 @@ struct Cli {
     /// 1 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these, comma-separated: W1…W7, F1…F4, or one F1 variant such
+    /// Only these, comma-separated: W1…W8, F1…F5, or one F1 variant such
     /// as F1@W3.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -60,6 +61,10 @@ struct Cli {
     /// postgres://postgres@127.0.0.1:5432/test).
     #[arg(long)]
     database_url: Option<String>,
+    /// NATS with JetStream, for W8 and F5 (default: $NATS_URL, else
+    /// 127.0.0.1:4222).
+    #[arg(long)]
+    nats_url: Option<String>,
     /// The repository's cache of live aggregates for W2, W3, W5 and W7
     /// (default on).
     #[arg(long, value_enum)]
@@ -129,6 +134,9 @@ struct SizeArgs {
     /// F2 transactions of 100 events [100].
     #[arg(long)]
     f2_transactions: Option<usize>,
+    /// W8 and F5 events published [20000].
+    #[arg(long)]
+    w8_events: Option<usize>,
 }
 
 /// The resolved sizes.
@@ -149,6 +157,7 @@ struct Sizes {
     w7_deposits: usize,
     w7_pool: u32,
     f2_transactions: usize,
+    w8_events: usize,
 }
 
 impl Sizes {
@@ -173,6 +182,7 @@ impl Sizes {
             w7_deposits: count(args.w7_deposits, 50, 1),
             w7_pool: args.w7_pool.unwrap_or(16).max(1),
             f2_transactions: count(args.f2_transactions, 100, 1),
+            w8_events: count(args.w8_events, 20_000, 100),
         }
     }
 }
@@ -188,6 +198,7 @@ const GROUPS: &[&[&str]] = &[
     &["F4", "W6"],
     &["F1@W7", "W7"],
     &["F2"],
+    &["F5", "W8"],
 ];
 
 /// Each framework workload and the floor it is measured against; their
@@ -201,6 +212,7 @@ const PAIRS: &[(&str, &str)] = &[
     ("W6", "F4"),
     ("W6-view", "F4"),
     ("W7", "F1@W7"),
+    ("W8", "F5"),
 ];
 
 /// Loads timed per run in W4 and F3 (after one warm-up load).
@@ -223,6 +235,7 @@ fn selected(only: &[String], item: &str) -> bool {
 #[derive(Clone)]
 struct Context {
     url: String,
+    nats_url: String,
     sizes: Sizes,
     setup: Setup,
     w1_cache: bool,
@@ -297,6 +310,8 @@ async fn run_item(ctx: Context, item: String) -> Result<Vec<Measurement>, BoxErr
         )
         .await?),
         "F2" => one(floors::f2(url, s.f2_transactions, 100).await?),
+        "F5" => one(nats::f5(&ctx.nats_url, s.w8_events).await?),
+        "W8" => one(nats::w8(url, &ctx.nats_url, s.w8_events, ctx.setup).await?),
         other => Err(format!("no such workload or floor: {other}").into()),
     }
 }
@@ -334,6 +349,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
     let ctx = Context {
         url,
+        nats_url: cli
+            .nats_url
+            .or_else(|| std::env::var("NATS_URL").ok())
+            .unwrap_or_else(|| "127.0.0.1:4222".into()),
         sizes: Sizes::resolve(&cli.sizes, cli.quick),
         setup: Setup {
             cache,

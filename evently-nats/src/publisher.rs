@@ -297,7 +297,18 @@ impl<S: EventStore> Publisher<S> {
             Err(e) => return e,
         };
         self.confirm(position, 0);
-        let mut log = self.store.subscribe(position + 1);
+        // The log is read ahead on a task of its own, into a channel as
+        // deep as the window: the next page is fetched while publishes are
+        // in flight, and memory stays bounded.
+        let (events, mut log) = tokio::sync::mpsc::channel(self.config.max_in_flight);
+        let mut subscription = self.store.subscribe(position + 1);
+        let _reader = AbortOnDrop(tokio::spawn(async move {
+            while let Some(item) = subscription.next().await {
+                if events.send(item).await.is_err() {
+                    break;
+                }
+            }
+        }));
         // Acknowledgements, oldest first, each with the position it confirms.
         let mut in_flight: VecDeque<(PublishAckFuture, u64, u64)> = VecDeque::new();
         loop {
@@ -306,13 +317,14 @@ impl<S: EventStore> Publisher<S> {
             let next = if in_flight.len() >= self.config.max_in_flight {
                 None
             } else if in_flight.is_empty() {
-                Some(log.next().await)
+                Some(log.recv().await)
             } else {
-                // Poll the log without waiting: if nothing is there, settle
-                // the oldest acknowledgement first.
-                match futures::poll!(log.next()) {
-                    std::task::Poll::Ready(item) => Some(item),
-                    std::task::Poll::Pending => None,
+                // Take what the reader has without waiting: if nothing is
+                // there, settle the oldest acknowledgement first.
+                match log.try_recv() {
+                    Ok(item) => Some(Some(item)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(None),
                 }
             };
             match next {
@@ -420,5 +432,14 @@ impl<S: EventStore> Publisher<S> {
             PublishErrorKind::WrongLastSequence => PublishError::Fenced(text),
             _ => PublishError::Broker(text),
         }
+    }
+}
+
+/// Aborts the log reader when a pass ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
