@@ -15,8 +15,7 @@
 //!
 //! The body is the payload, the event's JSON as stored.
 
-use std::str::FromStr;
-
+use async_nats::header::HeaderName;
 use async_nats::{HeaderMap, HeaderValue};
 use evently_core::RecordedEvent;
 
@@ -88,12 +87,16 @@ pub fn for_event(event: &RecordedEvent) -> Result<(HeaderMap, usize), HeaderErro
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
         size += name.len() + 2 + value.len() + 2;
-        let parsed = HeaderValue::from_str(&value).map_err(|_| HeaderError {
-            event_id: event.event_id,
-            name,
-            value: value.clone(),
-        })?;
-        headers.insert(name, parsed);
+        // Checked here, so the value moves in without a copy (the client's
+        // `From<String>` would panic on a line break).
+        if value.contains(['\r', '\n']) {
+            return Err(HeaderError {
+                event_id: event.event_id,
+                name,
+                value,
+            });
+        }
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
     Ok((headers, size))
 }
