@@ -178,12 +178,44 @@ impl CommandContext {
     }
 
     /// The context of a command issued in reaction to `event` (by a process
-    /// manager or a projection): it continues the event's business
-    /// transaction, and the event is the cause of what the command produces.
+    /// manager, a projection, a consumer of another service's stream): it
+    /// continues the event's business transaction, and the event is the
+    /// cause of what the command produces.
+    ///
+    /// Its command id is derived from the event id (a UUID v5), and the
+    /// command is idempotent: when the event is delivered again (a consumer
+    /// restarted before its checkpoint moved, a redelivery), the reaction
+    /// gets the same id and the store runs it once, returning the first
+    /// outcome to the repeat. A handler that issues several commands for
+    /// one event names each with [`CommandContext::caused_by_as`].
+    ///
+    /// ```
+    /// # use evently_core::{CommandContext, Metadata, Payload, RecordedEvent, StreamId};
+    /// # let event = RecordedEvent { event_id: uuid::Uuid::now_v7(), stream_id: StreamId::from("order-1"),
+    /// #     stream_version: 1, global_position: 1, event_type: "Placed".into(), schema_version: 1,
+    /// #     data: Payload::from_json("{}").unwrap(), metadata: Metadata::new(), recorded_at: chrono::Utc::now() };
+    /// let first = CommandContext::caused_by(&event);
+    /// let redelivered = CommandContext::caused_by(&event);
+    /// assert_eq!(first.command_id, redelivered.command_id);
+    /// assert_eq!(first.causation_id, Some(event.event_id));
+    /// assert_ne!(CommandContext::caused_by_as(&event, "ship").command_id, first.command_id);
+    /// ```
     pub fn caused_by<T>(event: &crate::event::RecordedEvent<T>) -> Self {
+        Self::caused_by_as(event, "")
+    }
+
+    /// As [`CommandContext::caused_by`], for one of several commands a
+    /// handler issues for the same event: `reaction` (a name unique among
+    /// them, stable across deliveries) goes into the derived command id.
+    pub fn caused_by_as<T>(event: &crate::event::RecordedEvent<T>, reaction: &str) -> Self {
+        let mut name = Vec::with_capacity(16 + reaction.len());
+        name.extend_from_slice(event.event_id.as_bytes());
+        name.extend_from_slice(reaction.as_bytes());
         CommandContext {
+            command_id: Uuid::new_v5(&REACTION_NAMESPACE, &name),
             correlation_id: Some(event.metadata.correlation_id.unwrap_or(event.event_id)),
             causation_id: Some(event.event_id),
+            idempotent: true,
             ..CommandContext::new()
         }
     }
@@ -231,6 +263,10 @@ impl CommandContext {
         }
     }
 }
+
+/// The UUID v5 namespace of the command ids derived from events
+/// ([`CommandContext::caused_by`]).
+const REACTION_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_746c_7952_6561_6374_696f_6e73);
 
 impl Default for CommandContext {
     fn default() -> Self {

@@ -322,3 +322,133 @@ async fn a_malformed_message_is_handled_by_the_failure_policy_naming_subject_and
         (17, 3)
     );
 }
+
+/// The bonus service: one grant per credit it hears of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+enum BonusEvent {
+    Granted { amount: u64 },
+}
+
+#[derive(Debug, Clone, Command)]
+enum BonusCommand {
+    Grant { id: String, amount: u64 },
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum BonusError {}
+
+#[derive(Debug, Default, Aggregate)]
+#[aggregate(name = "bonus", event = BonusEvent, command = BonusCommand, error = BonusError)]
+struct Bonus {
+    total: u64,
+}
+
+impl Bonus {
+    fn decide(&self, command: BonusCommand) -> Result<Vec<BonusEvent>, BonusError> {
+        let BonusCommand::Grant { amount, .. } = command;
+        Ok(vec![BonusEvent::Granted { amount }])
+    }
+
+    fn apply(&mut self, event: &BonusEvent) {
+        let BonusEvent::Granted { amount } = event;
+        self.total += amount;
+    }
+}
+
+/// Reacts to each credit of another service with a command of its own.
+struct Grants {
+    bonus: Repository<Bonus, MemoryStore>,
+    /// Positions that fail once, after their command ran: the batch rolls
+    /// back and is delivered again.
+    fail_once: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+}
+
+impl Projection for Grants {
+    type Event = LedgerEvent;
+    type Sink = PgConnection;
+
+    fn name(&self) -> &str {
+        "grants"
+    }
+
+    fn handles(&self) -> &[&str] {
+        &["Credited"]
+    }
+
+    async fn apply(
+        &self,
+        _tx: &mut PgConnection,
+        event: &RecordedEvent<LedgerEvent>,
+    ) -> Result<(), HandlerError> {
+        let command = BonusCommand::Grant {
+            id: "pool".to_owned(),
+            amount: 1,
+        };
+        // The command id comes from the event id: a redelivered event
+        // (the batch was not committed when the consumer died) gets the
+        // first outcome back instead of a second grant.
+        self.bonus
+            .execute_with(command, CommandContext::caused_by(event))
+            .await
+            .map_err(|e| HandlerError::from(e.to_string()))?;
+        if self
+            .fail_once
+            .lock()
+            .unwrap()
+            .remove(&event.global_position)
+        {
+            return Err("a failure after the command ran".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_to_a_redelivered_event_executes_its_command_once() {
+    let client = shared_client().await;
+    let (stream, prefix) = unique("react");
+    let (_, _) = origin(&client, &stream, &prefix).await;
+    let (store, _) = read_model().await;
+    let bonus_store = MemoryStore::new();
+    let bonus = Repository::<Bonus, _>::new(bonus_store.clone());
+    let source = JetStreamSource::new(client.clone(), &stream);
+    let last = 10_100;
+    let mut rng = rand::rng();
+    let fail_once = std::sync::Arc::new(std::sync::Mutex::new(
+        (1..=last).filter(|p| p % 700 == 0).collect(),
+    ));
+    let grants = || Grants {
+        bonus: bonus.clone(),
+        fail_once: fail_once.clone(),
+    };
+    for _ in 0..4 {
+        let handle =
+            store.run_projection_from(source.clone(), grants(), ProjectionOptions::default());
+        let at = store.checkpoint("grants").await.unwrap() + rng.random_range(500..2_000);
+        handle.wait_for(at.min(last), WAIT).await.unwrap();
+        // Killed mid-batch, most likely: some of the batch's commands ran,
+        // its checkpoint did not move.
+        handle.abort();
+    }
+    let handle = store.run_projection_from(source, grants(), ProjectionOptions::default());
+    handle.wait_for(last, WAIT).await.unwrap();
+    handle.stop().await;
+
+    assert!(
+        fail_once.lock().unwrap().is_empty(),
+        "every planned failure happened"
+    );
+    let pool = bonus.load("pool").await.unwrap();
+    assert_eq!(
+        (pool.state.total, pool.version),
+        (10_000, 10_000),
+        "one grant per credit"
+    );
+    // Each grant names the credit that caused it.
+    let grants = bonus_store.read_all(1, 20_000).await.unwrap();
+    let causes: std::collections::HashSet<_> = grants
+        .iter()
+        .map(|g| g.metadata.causation_id.unwrap())
+        .collect();
+    assert_eq!(causes.len(), 10_000);
+}
