@@ -45,8 +45,10 @@
 
 pub mod headers;
 mod publisher;
+pub mod service;
 mod source;
 pub mod subject;
 
 pub use publisher::{PublishError, Publisher, PublisherConfig, PublisherStats};
+pub use service::{discover, CommandService, Instance, RemoteError, RemoteRepository};
 pub use source::JetStreamSource;
