@@ -1,4 +1,15 @@
-//! The evently event log on NATS JetStream.
+//! The evently event log on NATS JetStream, and commands by virtual
+//! address: the system between services.
+//!
+//! - [`Publisher`]: a service's log published as a JetStream stream.
+//! - [`JetStreamSource`]: another service's stream as an
+//!   [`evently_core::EventSource`] for the ordinary projection runner.
+//! - [`CommandService`] and [`RemoteRepository`]: a repository served on
+//!   NATS and its typed client, by service name ([`service`] says what
+//!   travels and what it asks of your types); [`discover`] lists a
+//!   service's instances.
+//!
+//! `examples/nats_services.rs` (in the workspace) runs all of them.
 //!
 //! A service publishes what happened as a stream that other services
 //! consume at their own pace. [`Publisher`] follows any store's global log
@@ -49,6 +60,9 @@ pub mod service;
 mod source;
 pub mod subject;
 
+/// The NATS client this crate is built on, so a service needs no second
+/// dependency to connect: `evently_nats::async_nats::connect(url)`.
+pub use async_nats;
 pub use publisher::{PublishError, Publisher, PublisherConfig, PublisherStats};
 pub use service::{discover, CommandService, Instance, RemoteError, RemoteRepository};
 pub use source::JetStreamSource;

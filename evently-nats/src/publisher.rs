@@ -25,6 +25,10 @@ pub struct PublisherConfig {
     /// publisher's messages.
     pub stream: String,
     /// The subject prefix: events go to `<prefix>.<aggregate type>.<stream id>`.
+    /// Keep it apart from command subjects (a [`crate::CommandService`]
+    /// named `accounts` answers on `accounts.<aggregate type>`): the
+    /// stream stores every message published under `<prefix>.>`, requests
+    /// included, and acknowledges them to the requester.
     pub prefix: String,
     /// At most this many publishes wait for their acknowledgement at once.
     /// A slow or stopped broker slows the publisher down to this; memory
