@@ -26,7 +26,7 @@ pub enum AccountEvent {
 }
 
 /// What a client asks of an account; `id` names the account.
-#[derive(Debug, Clone, Command)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
 pub enum AccountCommand {
     /// Open the account.
     Open {
@@ -54,7 +54,7 @@ pub enum AccountCommand {
 }
 
 /// Why an account refuses a command.
-#[derive(Debug, PartialEq, thiserror::Error)]
+#[derive(Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum AccountError {
     /// Opened twice.
     #[error("the account is already open")]

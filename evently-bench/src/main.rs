@@ -137,6 +137,12 @@ struct SizeArgs {
     /// W8 and F5 events published [20000].
     #[arg(long)]
     w8_events: Option<usize>,
+    /// W9 events, one a millisecond [5000].
+    #[arg(long)]
+    w9_events: Option<usize>,
+    /// W10 commands from 8 clients [4000].
+    #[arg(long)]
+    w10_commands: Option<usize>,
 }
 
 /// The resolved sizes.
@@ -158,6 +164,8 @@ struct Sizes {
     w7_pool: u32,
     f2_transactions: usize,
     w8_events: usize,
+    w9_events: usize,
+    w10_commands: usize,
 }
 
 impl Sizes {
@@ -183,6 +191,8 @@ impl Sizes {
             w7_pool: args.w7_pool.unwrap_or(16).max(1),
             f2_transactions: count(args.f2_transactions, 100, 1),
             w8_events: count(args.w8_events, 20_000, 100),
+            w9_events: count(args.w9_events, 5_000, 100),
+            w10_commands: count(args.w10_commands, 4_000, 80),
         }
     }
 }
@@ -199,6 +209,8 @@ const GROUPS: &[&[&str]] = &[
     &["F1@W7", "W7"],
     &["F2"],
     &["F5", "W8"],
+    &["W9"],
+    &["W10-local", "W10-1", "W10-2", "W10-3"],
 ];
 
 /// Each framework workload and the floor it is measured against; their
@@ -213,6 +225,9 @@ const PAIRS: &[(&str, &str)] = &[
     ("W6-view", "F4"),
     ("W7", "F1@W7"),
     ("W8", "F5"),
+    ("W10-1", "W10-local"),
+    ("W10-2", "W10-local"),
+    ("W10-3", "W10-local"),
 ];
 
 /// Loads timed per run in W4 and F3 (after one warm-up load).
@@ -227,8 +242,8 @@ fn selected(only: &[String], item: &str) -> bool {
             let o = o.trim();
             o.eq_ignore_ascii_case(item)
                 || item
-                    .split_once('@')
-                    .is_some_and(|(floor, _)| o.eq_ignore_ascii_case(floor))
+                    .split_once(['@', '-'])
+                    .is_some_and(|(family, _)| o.eq_ignore_ascii_case(family))
         })
 }
 
@@ -312,6 +327,11 @@ async fn run_item(ctx: Context, item: String) -> Result<Vec<Measurement>, BoxErr
         "F2" => one(floors::f2(url, s.f2_transactions, 100).await?),
         "F5" => one(nats::f5(&ctx.nats_url, s.w8_events).await?),
         "W8" => one(nats::w8(url, &ctx.nats_url, s.w8_events, ctx.setup).await?),
+        "W9" => one(nats::w9(url, &ctx.nats_url, s.w9_events, ctx.setup).await?),
+        "W10-local" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 0, ctx.setup).await?),
+        "W10-1" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 1, ctx.setup).await?),
+        "W10-2" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 2, ctx.setup).await?),
+        "W10-3" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 3, ctx.setup).await?),
         other => Err(format!("no such workload or floor: {other}").into()),
     }
 }

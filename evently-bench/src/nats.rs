@@ -144,3 +144,199 @@ pub async fn f5(nats_url: &str, events: usize) -> Result<Measurement, BoxError> 
     Ok(Measurement::new("F5", "async-nats", events as u64, seconds)
         .with("in_flight", IN_FLIGHT as u64))
 }
+
+/// Records when each event reached the consumer's handler.
+struct Arrivals {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(uuid::Uuid, Instant)>>>,
+}
+
+impl evently::projection::Projection for Arrivals {
+    type Event = AccountEvent;
+    type Sink = evently_postgres::sqlx::PgConnection;
+
+    fn name(&self) -> &str {
+        "w9_arrivals"
+    }
+
+    fn handles(&self) -> &[&str] {
+        &["Deposited"]
+    }
+
+    async fn apply(
+        &self,
+        _tx: &mut evently_postgres::sqlx::PgConnection,
+        event: &evently::RecordedEvent<AccountEvent>,
+    ) -> Result<(), evently::projection::HandlerError> {
+        self.seen
+            .lock()
+            .expect("not poisoned")
+            .push((event.event_id, Instant::now()));
+        Ok(())
+    }
+}
+
+/// W9: end-to-end lag. One event appended every millisecond (1,000
+/// events/s) to PostgreSQL; the publisher puts it on JetStream; a
+/// projection in another schema consumes the stream. The lag of an event
+/// runs from its append's return (committed) to its handler in the
+/// consumer (inside the read model's transaction); p50 and p99 in ms.
+pub async fn w9(
+    url: &str,
+    nats_url: &str,
+    events: usize,
+    setup: Setup,
+) -> Result<Measurement, BoxError> {
+    let store = fresh_store(url, "es_bench_w9", 2, setup).await?;
+    let reader = fresh_store(url, "es_bench_w9_reader", 2, setup).await?;
+    let client = async_nats::connect(nats_url).await?;
+    fresh_stream(&client, "EVENTLY_BENCH_W9", "bench-w9").await?;
+    let publisher = Publisher::new(
+        store.clone(),
+        client.clone(),
+        PublisherConfig::new("EVENTLY_BENCH_W9", "bench-w9").max_in_flight(IN_FLIGHT),
+    );
+    let publishing = tokio::spawn({
+        let publisher = publisher.clone();
+        async move { publisher.run().await }
+    });
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(events)));
+    let consumer = reader.run_projection_from(
+        evently_nats::JetStreamSource::new(client.clone(), "EVENTLY_BENCH_W9"),
+        Arrivals { seen: seen.clone() },
+        evently::projection::ProjectionOptions::default(),
+    );
+    let mut sent = std::collections::HashMap::with_capacity(events);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    for n in 0..events {
+        tick.tick().await;
+        let event = NewEvent::from_event(
+            &AccountEvent::Deposited { amount: amount(n) },
+            Metadata::new(),
+        )?;
+        let id = event.event_id;
+        store
+            .append(
+                &StreamId::for_aggregate("account", &format!("w9-{}", n % 10)),
+                ExpectedVersion::Any,
+                vec![event],
+            )
+            .await?;
+        sent.insert(id, Instant::now());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    consumer
+        .wait_for(events as u64, Duration::from_secs(120))
+        .await
+        .map_err(|e| format!("W9: the consumer did not catch up: {e}"))?;
+    consumer.stop().await;
+    publishing.abort();
+    let mut lags: Vec<f64> = seen
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter_map(|(id, at)| {
+            sent.get(id)
+                .map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    if lags.len() != events {
+        return Err(format!(
+            "W9: {} of {events} events reached the consumer once",
+            lags.len()
+        )
+        .into());
+    }
+    lags.sort_by(f64::total_cmp);
+    let pct = |p: f64| lags[((lags.len() as f64 - 1.0) * p).round() as usize];
+    let _ = jetstream::new(client)
+        .delete_stream("EVENTLY_BENCH_W9")
+        .await;
+    store.pool().close().await;
+    reader.pool().close().await;
+    Ok(Measurement::new("W9", "nats", events as u64, seconds)
+        .with("lag_p50_ms", (pct(0.5) * 1000.0).round() / 1000.0)
+        .with("lag_p99_ms", (pct(0.99) * 1000.0).round() / 1000.0)
+        .with("lag_max_ms", (pct(1.0) * 1000.0).round() / 1000.0))
+}
+
+/// W10: 8 clients send `commands` deposits over 50 accounts, through
+/// `RemoteRepository` to `instances` in-process `CommandService`s (each
+/// with its own NATS connection, store pool of 8 and cache), or with
+/// `instances` 0 to one local `Repository` (pool 8): commands/s.
+pub async fn w10(
+    url: &str,
+    nats_url: &str,
+    commands: usize,
+    instances: usize,
+    setup: Setup,
+) -> Result<Measurement, BoxError> {
+    use crate::domain::{Account, AccountCommand};
+    use evently::Repository;
+    const CLIENTS: usize = 8;
+    const ACCOUNTS: usize = 50;
+    let schema = "es_bench_w10";
+    let store = fresh_store(url, schema, 8, setup).await?;
+    let local = Repository::<Account, _>::new(store.clone());
+    for a in 0..ACCOUNTS {
+        local
+            .execute(AccountCommand::Open {
+                id: format!("w10-{a}"),
+                owner: format!("owner {a}"),
+            })
+            .await?;
+    }
+    let service = format!("bench_w10_{}", uuid::Uuid::now_v7().simple());
+    let mut servers = Vec::new();
+    for _ in 0..instances {
+        let client = async_nats::connect(nats_url).await?;
+        let mut server = evently_nats::CommandService::start(&client, &service, "1.0.0").await?;
+        let store = evently_postgres::PgEventStore::builder()
+            .schema(schema)
+            .max_connections(8)
+            .connect(url)
+            .await?;
+        server
+            .serve(Repository::<Account, _>::new(store), 64)
+            .await?;
+        servers.push(server);
+    }
+    let client = async_nats::connect(nats_url).await?;
+    let remote = evently_nats::RemoteRepository::<Account>::new(client, &service);
+    let per_client = commands / CLIENTS;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (local, remote) = (local.clone(), remote.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..per_client {
+                let command = AccountCommand::Deposit {
+                    id: format!("w10-{}", (c * 7 + n) % ACCOUNTS),
+                    amount: amount(n),
+                };
+                if instances == 0 {
+                    local.execute(command).await.map_err(|e| e.to_string())?;
+                } else {
+                    remote.execute(command).await.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for server in servers {
+        server.stop().await;
+    }
+    let name = match instances {
+        0 => "W10-local".to_owned(),
+        n => format!("W10-{n}"),
+    };
+    Ok(
+        Measurement::new(name, "nats", (per_client * CLIENTS) as u64, seconds)
+            .with("instances", instances as u64),
+    )
+}
