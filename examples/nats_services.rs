@@ -162,10 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         PublisherConfig::new(STREAM, EVENTS),
     );
     publisher.ensure_stream().await?;
-    let publishing = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let publishing = publisher.spawn();
 
     // reporting: its own schema, fed by the stream.
     let reporting_store = PgEventStore::builder()

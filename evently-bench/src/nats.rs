@@ -78,10 +78,7 @@ pub async fn w8(
         PublisherConfig::new("EVENTLY_BENCH_W8", "bench-w8").max_in_flight(IN_FLIGHT),
     );
     let started = Instant::now();
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     let done = publisher.wait_for(head, Duration::from_secs(600)).await;
     let seconds = started.elapsed().as_secs_f64();
     running.abort();
@@ -195,10 +192,7 @@ pub async fn w9(
         client.clone(),
         PublisherConfig::new("EVENTLY_BENCH_W9", "bench-w9").max_in_flight(IN_FLIGHT),
     );
-    let publishing = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let publishing = publisher.spawn();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(events)));
     let consumer = reader.run_projection_from(
         evently_nats::JetStreamSource::new(client.clone(), "EVENTLY_BENCH_W9"),

@@ -26,10 +26,7 @@
 //! let publisher = Publisher::new(store, client, PublisherConfig::new("BANK", "bank"));
 //! publisher.ensure_stream().await?;
 //! // Runs until a fatal error; restarts resume from what the stream holds.
-//! let fatal = tokio::spawn({
-//!     let publisher = publisher.clone();
-//!     async move { publisher.run().await }
-//! });
+//! let fatal = publisher.spawn();
 //! println!("{:?}, lag {}", publisher.stats(), publisher.lag().await?);
 //! # drop(fatal); Ok(()) }
 //! ```

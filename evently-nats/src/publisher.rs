@@ -270,6 +270,13 @@ impl<S: EventStore> Publisher<S> {
         }
     }
 
+    /// Runs [`Publisher::run`] on a task of its own; abort the handle to
+    /// stop, or await it for the fatal error.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<PublishError> {
+        let publisher = self.clone();
+        tokio::spawn(async move { publisher.run().await })
+    }
+
     /// The stream's last sequence and the global position of its last
     /// message (0 and 0 for an empty stream).
     async fn tail(&self) -> Result<(u64, u64), PublishError> {

@@ -138,10 +138,7 @@ async fn origin(
         PublisherConfig::new(stream, prefix),
     );
     publisher.ensure_stream().await.unwrap();
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     let head = store.head_position().await.unwrap();
     assert!(publisher.wait_for(head, WAIT).await);
     running.abort();
@@ -205,10 +202,7 @@ async fn a_malformed_message_is_handled_by_the_failure_policy_naming_subject_and
         PublisherConfig::new(&stream, &prefix),
     );
     publisher.ensure_stream().await.unwrap();
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     assert!(publisher.wait_for(2, WAIT).await);
     running.abort();
     let _ = running.await;

@@ -34,10 +34,7 @@ async fn every_event_is_published_once_in_log_order_with_its_headers() {
     let store = MemoryStore::new();
     append_events(&store, &hostile_streams(), 300, 3).await;
     let publisher = publisher(&store, client.clone(), &stream, &prefix).await;
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     assert!(
         publisher.wait_for(300, WAIT).await,
         "published: {:?}",
@@ -106,20 +103,14 @@ async fn a_publisher_killed_and_restarted_neither_skips_nor_repeats() {
         // A new connection each time, as a restarted process has.
         let client = shared_client().await;
         let publisher = publisher(&store, client, &stream, &prefix).await;
-        let running = tokio::spawn({
-            let publisher = publisher.clone();
-            async move { publisher.run().await }
-        });
+        let running = publisher.spawn();
         assert!(publisher.wait_for(stop_at, WAIT).await);
         // Killed with publishes in flight.
         running.abort();
         let _ = running.await;
     }
     let publisher = publisher(&store, shared_client().await, &stream, &prefix).await;
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     assert!(
         publisher.wait_for(6_000, WAIT).await,
         "{:?}",
@@ -149,7 +140,7 @@ async fn two_publishers_at_once_store_each_event_once() {
         shared_client().await,
         PublisherConfig::new(&stream, &prefix).max_in_flight(1),
     );
-    let tasks = [first.clone(), second.clone()].map(|p| tokio::spawn(async move { p.run().await }));
+    let tasks = [first.spawn(), second.spawn()];
     append_events(&store, &hostile_streams(), 3_000, 5).await;
     append_events(&store, &[StreamId::from("account-live")], 500, 1).await;
     let head = store.head_position().await.unwrap();
@@ -180,10 +171,7 @@ async fn the_broker_killed_and_restarted_mid_publish_loses_and_repeats_nothing()
     let store = MemoryStore::new();
     append_events(&store, &hostile_streams(), 20_000, 10).await;
     let publisher = publisher(&store, client.clone(), &stream, &prefix).await;
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     for kill_at in [4_000, 12_000] {
         assert!(
             publisher.wait_for(kill_at, WAIT).await,
@@ -327,10 +315,7 @@ async fn a_postgres_log_is_published_the_same_way() {
     let (stream, prefix) = unique("postgres");
     append_events(&store, &hostile_streams(), 1_000, 4).await;
     let publisher = publisher(&store, client.clone(), &stream, &prefix).await;
-    let running = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.run().await }
-    });
+    let running = publisher.spawn();
     // PostgreSQL positions are not dense: wait for the head's.
     let head = store.head_position().await.unwrap();
     assert!(

@@ -159,63 +159,30 @@ async fn seed(pool: &PgPool, id: &str, deposits: usize) -> Result<(), BoxError> 
     Ok(())
 }
 
-/// cqrs-es with `postgres_cqrs`: every command replays the stream.
+/// cqrs-es with `postgres_cqrs` (every command replays the stream), or
+/// with `SNAPSHOTS` `postgres_snapshot_cqrs`, a snapshot every 100 events.
 #[derive(Clone)]
-pub struct CqrsBank {
+pub struct CqrsBank<const SNAPSHOTS: bool> {
     cqrs: Arc<PostgresCqrs<Account>>,
     pool: PgPool,
 }
 
-impl Bank for CqrsBank {
-    const NAME: &'static str = "cqrs-es";
+impl<const SNAPSHOTS: bool> Bank for CqrsBank<SNAPSHOTS> {
+    const NAME: &'static str = if SNAPSHOTS {
+        "cqrs-es (snapshots)"
+    } else {
+        "cqrs-es"
+    };
 
     async fn setup(url: &str, schema: &str, pool: u32) -> Result<Self, BoxError> {
         let pool = tables(url, schema, pool).await?;
+        let cqrs = if SNAPSHOTS {
+            postgres_snapshot_cqrs(pool.clone(), vec![], 100, ())
+        } else {
+            postgres_cqrs(pool.clone(), vec![], ())
+        };
         Ok(CqrsBank {
-            cqrs: Arc::new(postgres_cqrs(pool.clone(), vec![], ())),
-            pool,
-        })
-    }
-
-    async fn open(&self, id: &str) -> Result<(), BoxError> {
-        execute(
-            &self.cqrs,
-            id,
-            AccountCommand::Open {
-                owner: format!("owner of {id}"),
-            },
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn deposit(&self, id: &str, amount: u64) -> Result<u32, BoxError> {
-        execute(&self.cqrs, id, AccountCommand::Deposit { amount }).await
-    }
-
-    async fn balance(&self, id: &str) -> Result<u64, BoxError> {
-        balance(&self.pool, id).await
-    }
-
-    async fn seed(&self, id: &str, deposits: usize) -> Result<(), BoxError> {
-        seed(&self.pool, id, deposits).await
-    }
-}
-
-/// cqrs-es with `postgres_snapshot_cqrs`, a snapshot every 100 events.
-#[derive(Clone)]
-pub struct CqrsSnapshotBank {
-    cqrs: Arc<PostgresCqrs<Account>>,
-    pool: PgPool,
-}
-
-impl Bank for CqrsSnapshotBank {
-    const NAME: &'static str = "cqrs-es (snapshots)";
-
-    async fn setup(url: &str, schema: &str, pool: u32) -> Result<Self, BoxError> {
-        let pool = tables(url, schema, pool).await?;
-        Ok(CqrsSnapshotBank {
-            cqrs: Arc::new(postgres_snapshot_cqrs(pool.clone(), vec![], 100, ())),
+            cqrs: Arc::new(cqrs),
             pool,
         })
     }

@@ -175,15 +175,15 @@ async fn main() -> Result<(), BoxError> {
                     );
                     record(
                         $w,
-                        cqrs::CqrsBank::NAME,
+                        cqrs::CqrsBank::<false>::NAME,
                         $unit,
-                        $f::<cqrs::CqrsBank>(&url, sizes).await?,
+                        $f::<cqrs::CqrsBank<false>>(&url, sizes).await?,
                     );
                     record(
                         $w,
-                        cqrs::CqrsSnapshotBank::NAME,
+                        cqrs::CqrsBank::<true>::NAME,
                         $unit,
-                        $f::<cqrs::CqrsSnapshotBank>(&url, sizes).await?,
+                        $f::<cqrs::CqrsBank<true>>(&url, sizes).await?,
                     );
                     record(
                         $w,
