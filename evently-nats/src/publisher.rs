@@ -317,15 +317,21 @@ impl<S: EventStore> Publisher<S> {
         };
         self.confirm(position, 0);
         self.announce();
-        // The log is read ahead on a task of its own, into a channel as
-        // deep as the window or 1,024 events, whichever is more: the next
-        // page is fetched while publishes are in flight (W8: 0.46 → 0.50
-        // of F5), and memory stays bounded.
-        let (events, mut log) = tokio::sync::mpsc::channel(self.config.max_in_flight.max(1024));
+        // The log is read ahead, and each event made into its message
+        // (subject, headers, payload), on a task of its own, into a channel
+        // as deep as the window or 1,024 events, whichever is more: the next
+        // page is fetched and the next messages built while publishes are
+        // in flight, and memory stays bounded.
+        let (prepared, mut log) = tokio::sync::mpsc::channel(self.config.max_in_flight.max(1024));
         let mut subscription = self.store.subscribe(position + 1);
+        let (prefix, limit) = (self.config.prefix.clone(), self.client.max_payload());
         let _reader = AbortOnDrop(tokio::spawn(async move {
             while let Some(item) = subscription.next().await {
-                if events.send(item).await.is_err() {
+                let item = item
+                    .map_err(PublishError::Store)
+                    .and_then(|event| Prepared::new(&prefix, limit, event));
+                let failed = item.is_err();
+                if prepared.send(item).await.is_err() || failed {
                     break;
                 }
             }
@@ -350,27 +356,24 @@ impl<S: EventStore> Publisher<S> {
                 }
             };
             match next {
-                Some(Some(Ok(event))) => {
-                    let message = match self.message(&event) {
-                        Ok(message) => message,
-                        Err(e) => {
-                            // Stopping here: settle what was sent before it,
-                            // so the stats say where the stream ends.
-                            self.settle(in_flight).await;
-                            return e;
-                        }
-                    };
-                    let subject = subject_for(&self.config.prefix, &event.stream_id);
-                    let publish = message.expected_last_sequence(sequence);
-                    match self.js.send_publish(subject, publish).await {
+                Some(Some(Ok(next))) => {
+                    let publish = next.message.expected_last_sequence(sequence);
+                    match self.js.send_publish(next.subject, publish).await {
                         Ok(ack) => {
                             sequence += 1;
-                            in_flight.push_back((ack, sequence, event.global_position));
+                            in_flight.push_back((ack, sequence, next.event.global_position));
                         }
-                        Err(e) => return self.refused(e.kind(), e.to_string(), &event),
+                        Err(e) => return self.refused(e.kind(), e.to_string(), &next.event),
                     }
                 }
-                Some(Some(Err(e))) => return PublishError::Store(e),
+                Some(Some(Err(e))) => {
+                    if e.is_fatal() {
+                        // Stopping here: settle what was sent before it, so
+                        // the stats say where the stream ends.
+                        self.settle(in_flight).await;
+                    }
+                    return e;
+                }
                 Some(None) => {
                     return PublishError::Store(StoreError::Unavailable {
                         reason: "the store's subscription ended".into(),
@@ -437,36 +440,49 @@ impl<S: EventStore> Publisher<S> {
         });
     }
 
-    /// The message for an event: payload and headers.
-    fn message(&self, event: &RecordedEvent) -> Result<PublishMessage, PublishError> {
-        let (headers, headers_size) = headers::for_event(event)?;
-        let payload = bytes::Bytes::copy_from_slice(event.data.as_str().as_bytes());
-        let size = payload.len() + headers_size;
-        let limit = self.client.max_payload();
-        if limit > 0 && size > limit {
-            return Err(self.too_large(event, size, limit));
-        }
-        Ok(PublishMessage::build().payload(payload).headers(headers))
-    }
-
-    fn too_large(&self, event: &RecordedEvent, size: usize, limit: usize) -> PublishError {
-        PublishError::TooLarge {
-            event_id: event.event_id,
-            stream_id: event.stream_id.as_str().to_owned(),
-            position: event.global_position,
-            size,
-            limit,
-        }
-    }
-
     fn refused(&self, kind: PublishErrorKind, text: String, event: &RecordedEvent) -> PublishError {
         match kind {
             PublishErrorKind::MaxPayloadExceeded => {
-                self.too_large(event, event.data.as_str().len(), self.client.max_payload())
+                too_large(event, event.data.as_str().len(), self.client.max_payload())
             }
             PublishErrorKind::WrongLastSequence => PublishError::Fenced(text),
             _ => PublishError::Broker(text),
         }
+    }
+}
+
+/// An event made into its message, ready to publish.
+struct Prepared {
+    subject: String,
+    message: PublishMessage,
+    event: RecordedEvent,
+}
+
+impl Prepared {
+    /// The message for an event: subject, headers and payload, checked
+    /// against the broker's `max_payload` (`limit`, 0 for none).
+    fn new(prefix: &str, limit: usize, event: RecordedEvent) -> Result<Self, PublishError> {
+        let (headers, headers_size) = headers::for_event(&event)?;
+        let payload = bytes::Bytes::copy_from_slice(event.data.as_str().as_bytes());
+        let size = payload.len() + headers_size;
+        if limit > 0 && size > limit {
+            return Err(too_large(&event, size, limit));
+        }
+        Ok(Prepared {
+            subject: subject_for(prefix, &event.stream_id),
+            message: PublishMessage::build().payload(payload).headers(headers),
+            event,
+        })
+    }
+}
+
+fn too_large(event: &RecordedEvent, size: usize, limit: usize) -> PublishError {
+    PublishError::TooLarge {
+        event_id: event.event_id,
+        stream_id: event.stream_id.as_str().to_owned(),
+        position: event.global_position,
+        size,
+        limit,
     }
 }
 
