@@ -68,7 +68,7 @@ impl Default for PgEventStoreBuilder {
             schema: "es".into(),
             max_connections: 10,
             poll_interval: Duration::from_millis(500),
-            subscription_page: 512,
+            subscription_page: 4096,
             subscription_page_bytes: 8 * 1024 * 1024,
             read_your_writes_timeout: Duration::from_secs(5),
             inline: Vec::new(),
@@ -99,7 +99,11 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// Events a subscription reads and holds at a time (default 512).
+    /// Events a subscription reads and holds at a time (default 4,096; the
+    /// byte budget below caps a page of large events). A subscription far
+    /// behind (a projection catching up, the NATS publisher) reads the log
+    /// in pages of this size: 512 made the publisher of 20,000 events 15 %
+    /// slower (evently-bench W8).
     pub fn subscription_page(mut self, events: usize) -> Self {
         self.subscription_page = events.max(1);
         self

@@ -150,7 +150,7 @@
 //! of the global log, then waits for a
 //! NOTIFY on the schema's channel (sent by every append at commit) or the
 //! poll interval, whichever is first. It holds at most one page per
-//! subscriber: 512 events or about 8 MiB of payloads and metadata,
+//! subscriber: 4,096 events or about 8 MiB of payloads and metadata,
 //! whichever comes first, and at least one event (payloads are at most
 //! [`evently_core::limits::MAX_PAYLOAD_BYTES`]). One listener task per store handle, on
 //! a connection of its own outside the pool (so a pool of one connection

@@ -628,7 +628,7 @@ async fn settle(handles: &[ProjectionHandle; 2], when: &str) -> usize {
 /// A slow projection (2 ms per event) reads at its own pace: 8 writers
 /// append 2,400 events (3 per append) in far less time than it needs to
 /// apply them, and it catches up later. Its memory is bounded by
-/// construction: the subscription holds at most one page (512 events by
+/// construction: the subscription holds at most one page (4,096 events by
 /// default) and the runner one batch (256 by default), however far behind
 /// it is. (Appends never wait for it; readers of the global log do wait
 /// while one of its batch transactions is open, see the store's docs.)
