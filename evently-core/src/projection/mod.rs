@@ -411,16 +411,21 @@ impl ProjectionHandle {
     /// for an API: wait for the position of the command's last event).
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), WaitError> {
         let mut status = self.status.clone();
-        let reached = tokio::time::timeout(
-            timeout,
-            status.wait_for(|s| {
-                s.position >= position
-                    || matches!(
-                        s.state,
-                        ProjectionState::Stopped | ProjectionState::Failed(_)
-                    )
-            }),
-        )
+        // The guard `wait_for` returns is a read lock on the status: it must
+        // be gone before `self.status()` reads again, or a runner waiting
+        // to write between the two reads deadlocks both (seen in CI).
+        let reached = tokio::time::timeout(timeout, async {
+            status
+                .wait_for(|s| {
+                    s.position >= position
+                        || matches!(
+                            s.state,
+                            ProjectionState::Stopped | ProjectionState::Failed(_)
+                        )
+                })
+                .await
+                .map(|_| ())
+        })
         .await;
         let current = self.status();
         match reached {
