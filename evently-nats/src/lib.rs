@@ -60,6 +60,6 @@ pub mod subject;
 /// The NATS client this crate is built on, so a service needs no second
 /// dependency to connect: `evently_nats::async_nats::connect(url)`.
 pub use async_nats;
-pub use publisher::{PublishError, Publisher, PublisherConfig, PublisherStats};
+pub use publisher::{PublishError, Publisher, PublisherConfig, PublisherStats, MAX_SUBJECT};
 pub use service::{discover, CommandService, Instance, RemoteError, RemoteRepository};
 pub use source::JetStreamSource;

@@ -85,6 +85,25 @@ pub enum PublishError {
         /// The server's `max_payload`.
         limit: usize,
     },
+    /// The event's subject is longer than a NATS server takes in a
+    /// message's control line (4 KiB by default): its stream id, encoded,
+    /// is too long. The publisher stops here rather than skip it.
+    #[error(
+        "event {event_id} (stream {stream_id}, position {position}): its subject is {length} \
+         bytes, more than the {limit} a NATS control line holds; use shorter stream ids"
+    )]
+    SubjectTooLong {
+        /// The event's id.
+        event_id: uuid::Uuid,
+        /// Its stream.
+        stream_id: String,
+        /// Its global position.
+        position: u64,
+        /// The subject's length in bytes.
+        length: usize,
+        /// The longest subject published.
+        limit: usize,
+    },
     /// The JetStream stream's last message was not written by a publisher
     /// (it has no position header): something else publishes to it.
     #[error(
@@ -121,6 +140,7 @@ impl PublishError {
         matches!(
             self,
             PublishError::TooLarge { .. }
+                | PublishError::SubjectTooLong { .. }
                 | PublishError::ForeignMessage { .. }
                 | PublishError::Header(_)
         )
@@ -468,8 +488,18 @@ impl Prepared {
         if limit > 0 && size > limit {
             return Err(too_large(&event, size, limit));
         }
+        let subject = subject_for(prefix, &event.stream_id);
+        if subject.len() > MAX_SUBJECT {
+            return Err(PublishError::SubjectTooLong {
+                event_id: event.event_id,
+                stream_id: event.stream_id.as_str().to_owned(),
+                position: event.global_position,
+                length: subject.len(),
+                limit: MAX_SUBJECT,
+            });
+        }
         Ok(Prepared {
-            subject: subject_for(prefix, &event.stream_id),
+            subject,
             message: PublishMessage::build().payload(payload).headers(headers),
             event,
         })
@@ -485,6 +515,11 @@ fn too_large(event: &RecordedEvent, size: usize, limit: usize) -> PublishError {
         limit,
     }
 }
+
+/// The longest subject published: nats-server's default `max_control_line`
+/// (4,096 bytes) less room for the rest of the `HPUB` line (reply inbox,
+/// sizes).
+pub const MAX_SUBJECT: usize = 3_800;
 
 /// Acknowledgements between two announcements to waiters.
 const ANNOUNCE_EVERY: u32 = 64;

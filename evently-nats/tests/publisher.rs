@@ -330,3 +330,41 @@ async fn a_postgres_log_is_published_the_same_way() {
         &prefix,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_id_too_long_for_a_subject_stops_the_publisher_naming_it() {
+    let client = shared_client().await;
+    let (stream, prefix) = unique("long");
+    let store = MemoryStore::new();
+    append_events(&store, &[StreamId::from("account-1")], 2, 1).await;
+    // 2,048 bytes, the longest stream id a store takes: encoded, 6,144.
+    let long = StreamId::new(format!("account-{}", "é".repeat(1_020)));
+    append_events(&store, std::slice::from_ref(&long), 1, 1).await;
+    append_events(&store, &[StreamId::from("account-1")], 1, 1).await;
+    let publisher = publisher(&store, client.clone(), &stream, &prefix).await;
+    match tokio::time::timeout(WAIT, publisher.run())
+        .await
+        .expect("the publisher stops")
+    {
+        PublishError::SubjectTooLong {
+            position,
+            stream_id,
+            length,
+            limit,
+            ..
+        } => {
+            assert_eq!(position, 3);
+            assert_eq!(stream_id, long.as_str());
+            assert!(
+                length > limit && limit == evently_nats::MAX_SUBJECT,
+                "{length} {limit}"
+            );
+        }
+        other => panic!("expected SubjectTooLong, got {other:?}"),
+    }
+    let stored = read_stream(&client, &stream).await;
+    assert_eq!(
+        stored.iter().map(|m| m.position).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
