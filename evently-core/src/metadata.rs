@@ -23,27 +23,21 @@ use uuid::Uuid;
 /// assert_eq!(metadata.correlation_id, Some(correlation));
 /// assert_eq!(metadata.get("tenant"), Some(&serde_json::json!("acme")));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Metadata {
     /// The business transaction this event belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
     /// The command or event that directly caused this event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
     /// The command that produced this event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<Uuid>,
     /// Who asked: a user, a service, a process manager.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
     /// When the event's personal data was erased (its payload is then `{}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<DateTime<Utc>>,
     /// When the event was produced (the command's time, not the store's).
     pub timestamp: DateTime<Utc>,
     /// Free user keys (actor, tenant, request id, …).
-    #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
@@ -113,6 +107,168 @@ impl Metadata {
     /// Reads a user key.
     pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
         self.extra.get(key)
+    }
+}
+
+// Written by hand rather than derived: `#[serde(flatten)]` buffers every
+// field of the object into an intermediate tree before deciding where it
+// goes, and metadata is decoded for every event a subscription, a
+// projection or a publisher reads. The JSON is the derive's: the known
+// fields that are set, in this order, then the user keys.
+impl Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let known = usize::from(self.correlation_id.is_some())
+            + usize::from(self.causation_id.is_some())
+            + usize::from(self.command_id.is_some())
+            + usize::from(self.actor.is_some())
+            + usize::from(self.erased_at.is_some())
+            + 1;
+        let mut map = serializer.serialize_map(Some(known + self.extra.len()))?;
+        if let Some(id) = &self.correlation_id {
+            map.serialize_entry("correlation_id", id)?;
+        }
+        if let Some(id) = &self.causation_id {
+            map.serialize_entry("causation_id", id)?;
+        }
+        if let Some(id) = &self.command_id {
+            map.serialize_entry("command_id", id)?;
+        }
+        if let Some(actor) = &self.actor {
+            map.serialize_entry("actor", actor)?;
+        }
+        if let Some(at) = &self.erased_at {
+            map.serialize_entry("erased_at", at)?;
+        }
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        for (key, value) in &self.extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A key of the metadata object: one of the known fields, or a user key.
+enum Key<'de> {
+    Correlation,
+    Causation,
+    Command,
+    Actor,
+    ErasedAt,
+    Timestamp,
+    User(std::borrow::Cow<'de, str>),
+}
+
+impl<'de> Key<'de> {
+    fn of(key: std::borrow::Cow<'de, str>) -> Self {
+        match &*key {
+            "correlation_id" => Key::Correlation,
+            "causation_id" => Key::Causation,
+            "command_id" => Key::Command,
+            "actor" => Key::Actor,
+            "erased_at" => Key::ErasedAt,
+            "timestamp" => Key::Timestamp,
+            _ => Key::User(key),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a metadata key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::of(std::borrow::Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key::of(std::borrow::Cow::Owned(key.to_owned())))
+            }
+            fn visit_string<E>(self, key: String) -> Result<Key<'de>, E> {
+                Ok(Key::of(std::borrow::Cow::Owned(key)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Metadata;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event's metadata (a JSON object with a timestamp)")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Metadata, M::Error> {
+                use serde::de::Error;
+                fn once<T, E: Error>(
+                    slot: &mut Option<T>,
+                    value: T,
+                    name: &'static str,
+                ) -> Result<(), E> {
+                    if slot.is_some() {
+                        return Err(E::duplicate_field(name));
+                    }
+                    *slot = Some(value);
+                    Ok(())
+                }
+                let (mut correlation_id, mut causation_id, mut command_id) = (None, None, None);
+                let (mut actor, mut erased_at, mut timestamp) = (None, None, None);
+                let mut extra = BTreeMap::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    match key {
+                        Key::Correlation => once(
+                            &mut correlation_id,
+                            map.next_value::<Option<Uuid>>()?,
+                            "correlation_id",
+                        )?,
+                        Key::Causation => once(
+                            &mut causation_id,
+                            map.next_value::<Option<Uuid>>()?,
+                            "causation_id",
+                        )?,
+                        Key::Command => once(
+                            &mut command_id,
+                            map.next_value::<Option<Uuid>>()?,
+                            "command_id",
+                        )?,
+                        Key::Actor => {
+                            once(&mut actor, map.next_value::<Option<String>>()?, "actor")?
+                        }
+                        Key::ErasedAt => once(
+                            &mut erased_at,
+                            map.next_value::<Option<DateTime<Utc>>>()?,
+                            "erased_at",
+                        )?,
+                        Key::Timestamp => once(
+                            &mut timestamp,
+                            map.next_value::<DateTime<Utc>>()?,
+                            "timestamp",
+                        )?,
+                        Key::User(key) => {
+                            extra.insert(key.into_owned(), map.next_value::<serde_json::Value>()?);
+                        }
+                    }
+                }
+                Ok(Metadata {
+                    correlation_id: correlation_id.flatten(),
+                    causation_id: causation_id.flatten(),
+                    command_id: command_id.flatten(),
+                    actor: actor.flatten(),
+                    erased_at: erased_at.flatten(),
+                    timestamp: timestamp.ok_or_else(|| M::Error::missing_field("timestamp"))?,
+                    extra,
+                })
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -271,5 +427,80 @@ const REACTION_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_746c_7952_6561_6374
 impl Default for CommandContext {
     fn default() -> Self {
         CommandContext::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_is_one_object_of_the_set_fields_then_the_user_keys() {
+        let id = Uuid::from_u128(7);
+        let at: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let full = Metadata {
+            correlation_id: Some(id),
+            causation_id: Some(id),
+            command_id: Some(id),
+            actor: Some("alice".into()),
+            erased_at: Some(at),
+            timestamp: at,
+            extra: BTreeMap::from([("tenant".to_owned(), json!({"id": 3}))]),
+        };
+        let text = serde_json::to_string(&full).unwrap();
+        let u = id.to_string();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"correlation_id":"{u}","causation_id":"{u}","command_id":"{u}","actor":"alice","erased_at":"2026-12-01T10:00:00Z","timestamp":"2026-12-01T10:00:00Z","tenant":{{"id":3}}}}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<Metadata>(&text).unwrap(), full);
+
+        let bare = Metadata {
+            timestamp: at,
+            ..Metadata::new()
+        };
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"timestamp":"2026-12-01T10:00:00Z"}"#
+        );
+        // Nulls read as absent, keys in any order, escaped user keys kept.
+        let read: Metadata = serde_json::from_str(
+            r#"{"t\u00e9nant":1,"actor":null,"timestamp":"2026-12-01T10:00:00Z","erased_at":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            read,
+            Metadata {
+                timestamp: at,
+                ..Metadata::new()
+            }
+            .with("ténant", 1)
+        );
+    }
+
+    #[test]
+    fn metadata_without_a_timestamp_or_with_a_field_twice_does_not_decode() {
+        let missing = serde_json::from_str::<Metadata>(r#"{"actor":"a"}"#).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `timestamp`"),
+            "{missing}"
+        );
+        let twice = serde_json::from_str::<Metadata>(
+            r#"{"timestamp":"2026-12-01T10:00:00Z","actor":"a","actor":"b"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            twice.to_string().contains("duplicate field `actor`"),
+            "{twice}"
+        );
+        let wrong = serde_json::from_str::<Metadata>(
+            r#"{"timestamp":"2026-12-01T10:00:00Z","causation_id":"not a uuid"}"#,
+        )
+        .unwrap_err();
+        assert!(wrong.to_string().contains("UUID"), "{wrong}");
+        assert!(serde_json::from_str::<Metadata>("[]").is_err());
     }
 }
