@@ -344,15 +344,18 @@ impl Queries {
             ),
             // A page for a subscription: at most $2 events, and only as
             // many as fit in $3 bytes by their stored size (at least one).
+            // The limit is taken first and the running size summed over
+            // those rows only: with the window over the whole range, a
+            // table without statistics yet (a bulk import a moment ago) is
+            // planned as a scan and sort of everything past $1 per page.
             read_page: format!(
                 "SELECT {columns} FROM (\
                      SELECT e.*, sum(pg_column_size(e.payload) + pg_column_size(e.metadata)) \
-                                 OVER (ORDER BY e.position) AS running_bytes, \
-                            pg_column_size(e.payload) + pg_column_size(e.metadata) AS row_bytes \
-                     FROM {s}.events e \
-                     WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
-                     ORDER BY e.position LIMIT $2) e \
-                 WHERE e.running_bytes - e.row_bytes < $3 \
+                                 OVER (ORDER BY e.position ROWS UNBOUNDED PRECEDING) AS running_bytes \
+                     FROM (SELECT * FROM {s}.events e \
+                           WHERE e.position >= $1 AND e.position < {s}.readable_bound() \
+                           ORDER BY e.position LIMIT $2) e) e \
+                 WHERE e.running_bytes - pg_column_size(e.payload) - pg_column_size(e.metadata) < $3 \
                  ORDER BY e.position"
             ),
             readable_bound: format!("SELECT {s}.readable_bound()"),
