@@ -72,6 +72,7 @@ mod metadata;
 pub mod projection;
 mod runtime;
 mod store;
+pub mod telemetry;
 pub mod upcast;
 mod version;
 pub mod view;

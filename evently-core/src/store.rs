@@ -207,6 +207,32 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// for an empty log.
     fn head_position(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// How many events of the global log follow `position`, counted up to
+    /// `cap` (a reader's lag in events: positions need not be dense, so a
+    /// difference of positions is not a count).
+    ///
+    /// The default reads the log after `position` in pages and counts;
+    /// stores that can count cheaper override it.
+    fn events_after(
+        &self,
+        position: u64,
+        cap: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            const PAGE: usize = 1_000;
+            let (mut from, mut count) = (position + 1, 0u64);
+            while count < cap {
+                let page = self.read_all(from, PAGE).await?;
+                count += page.len() as u64;
+                match page.last() {
+                    Some(last) if page.len() == PAGE => from = last.global_position + 1,
+                    _ => break,
+                }
+            }
+            Ok(count.min(cap))
+        }
+    }
+
     /// Follows the global log from `from_position` (inclusive): catch-up,
     /// then live. See [`EventStream`].
     fn subscribe(&self, from_position: u64) -> EventStream;
@@ -250,12 +276,28 @@ pub trait EventSource: Clone + Send + Sync + 'static {
     /// Follows the source from `from_position` (inclusive): catch-up, then
     /// live, as [`EventStore::subscribe_rows`] does for a store's log.
     fn rows_from(&self, from_position: u64) -> LogStream;
+
+    /// How many events follow `position`, counted up to `cap`: what a
+    /// projection reports as its lag in events.
+    fn events_after(
+        &self,
+        position: u64,
+        cap: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// Every store is a source of its own log.
 impl<S: EventStore> EventSource for S {
     fn rows_from(&self, from_position: u64) -> LogStream {
         self.subscribe_rows(from_position)
+    }
+
+    fn events_after(
+        &self,
+        position: u64,
+        cap: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        EventStore::events_after(self, position, cap)
     }
 }
 

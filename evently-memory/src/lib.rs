@@ -459,6 +459,12 @@ impl EventStore for MemoryStore {
         Ok(self.read().events.len() as u64)
     }
 
+    async fn events_after(&self, position: u64, cap: u64) -> Result<u64, StoreError> {
+        // Positions are dense here: the log's length is its head.
+        let head = self.read().events.len() as u64;
+        Ok(head.saturating_sub(position).min(cap))
+    }
+
     fn subscribe(&self, from_position: u64) -> EventStream {
         let state = Subscription {
             store: self.clone(),

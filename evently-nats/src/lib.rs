@@ -60,6 +60,9 @@ pub mod subject;
 /// The NATS client this crate is built on, so a service needs no second
 /// dependency to connect: `evently_nats::async_nats::connect(url)`.
 pub use async_nats;
-pub use publisher::{PublishError, Publisher, PublisherConfig, PublisherStats, MAX_SUBJECT};
+pub use publisher::{
+    PublishError, Publisher, PublisherConfig, PublisherStats, MAX_SUBJECT, PUBLISHED_EVENTS,
+    PUBLISHER_LAG_EVENTS,
+};
 pub use service::{discover, CommandService, Instance, RemoteError, RemoteRepository};
 pub use source::JetStreamSource;

@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, Context};
 use evently_core::{EventStore, RecordedEvent, StoreError};
 use futures::StreamExt;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::headers;
 use crate::subject::subject_for;
@@ -167,6 +168,8 @@ struct Shared {
     /// a pass: waking a waiter per event would cost more than publishing.
     last_position: watch::Sender<u64>,
     published: AtomicU64,
+    /// `published` as last added to the [`PUBLISHED_EVENTS`] counter.
+    counted: AtomicU64,
     started: Instant,
 }
 
@@ -214,6 +217,7 @@ impl<S: EventStore> Publisher<S> {
                 confirmed: AtomicU64::new(0),
                 last_position: watch::Sender::new(0),
                 published: AtomicU64::new(0),
+                counted: AtomicU64::new(0),
                 started: Instant::now(),
             }),
         }
@@ -251,11 +255,11 @@ impl<S: EventStore> Publisher<S> {
         }
     }
 
-    /// How far the stream is behind the log: the log's head position minus
-    /// the last published position.
+    /// How far the stream is behind the log: the events of the log after
+    /// the last published position (counted up to 10 million).
     pub async fn lag(&self) -> Result<u64, StoreError> {
-        let head = self.store.head_position().await?;
-        Ok(head.saturating_sub(self.shared.confirmed.load(Ordering::Acquire)))
+        let confirmed = self.shared.confirmed.load(Ordering::Acquire);
+        EventStore::events_after(&self.store, confirmed, 10_000_000).await
     }
 
     /// Waits until the stream holds the event at `position` (or a later
@@ -272,6 +276,26 @@ impl<S: EventStore> Publisher<S> {
     /// is retried after a back-off, from what the stream holds. Run it in a
     /// task of its own; abort the task to stop.
     pub async fn run(&self) -> PublishError {
+        let span = tracing::info_span!("evently.publish", stream = %self.config.stream, prefix = %self.config.prefix);
+        // The lag gauge, counted once a second while the publisher runs.
+        let gauge = async {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Ok(lag) = self.lag().await {
+                    metrics::gauge!(PUBLISHER_LAG_EVENTS, "stream" => self.config.stream.clone())
+                        .set(lag as f64);
+                }
+            }
+        };
+        tokio::select! {
+            error = self.run_passes().instrument(span) => error,
+            never = gauge => never,
+        }
+    }
+
+    async fn run_passes(&self) -> PublishError {
         let mut backoff = self.config.backoff;
         loop {
             let published_before = self.shared.published.load(Ordering::Relaxed);
@@ -445,11 +469,18 @@ impl<S: EventStore> Publisher<S> {
         self.shared
             .published
             .fetch_add(published, Ordering::Relaxed);
+
         self.shared.confirmed.fetch_max(position, Ordering::AcqRel);
     }
 
     /// Tells waiters ([`Publisher::wait_for`]) where the stream is.
     fn announce(&self) {
+        let published = self.shared.published.load(Ordering::Relaxed);
+        let counted = self.shared.counted.swap(published, Ordering::Relaxed);
+        if published > counted {
+            metrics::counter!(PUBLISHED_EVENTS, "stream" => self.config.stream.clone())
+                .increment(published - counted);
+        }
         let position = self.shared.confirmed.load(Ordering::Acquire);
         self.shared.last_position.send_if_modified(|p| {
             let moved = position > *p;
@@ -520,6 +551,12 @@ fn too_large(event: &RecordedEvent, size: usize, limit: usize) -> PublishError {
 /// (4,096 bytes) less room for the rest of the `HPUB` line (reply inbox,
 /// sizes).
 pub const MAX_SUBJECT: usize = 3_800;
+
+/// Metric: events the stream acknowledged, by JetStream stream
+/// (`evently_core::telemetry` lists them all).
+pub const PUBLISHED_EVENTS: &str = "evently_published_events_total";
+/// Metric: events of the log not yet published, by JetStream stream.
+pub const PUBLISHER_LAG_EVENTS: &str = "evently_publisher_lag_events";
 
 /// Acknowledgements between two announcements to waiters.
 const ANNOUNCE_EVERY: u32 = 64;

@@ -102,6 +102,24 @@ impl EventSource for JetStreamSource {
             })
             .boxed()
     }
+
+    /// The messages after sequence `position`, from the stream's last
+    /// sequence (with a [`filter`](Self::filter), an upper bound: other
+    /// subjects' messages count too).
+    async fn events_after(&self, position: u64, cap: u64) -> Result<u64, StoreError> {
+        let mut stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(unavailable)?;
+        let last = stream
+            .info()
+            .await
+            .map_err(unavailable)?
+            .state
+            .last_sequence;
+        Ok(last.saturating_sub(position).min(cap))
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {

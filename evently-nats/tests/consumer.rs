@@ -4,6 +4,8 @@
 
 mod support;
 
+use evently_core::EventSource;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -154,6 +156,10 @@ async fn a_consumer_killed_at_random_points_applies_each_event_once() {
     let table = projection.table.clone();
     let source = JetStreamSource::new(client.clone(), &stream);
     let last = 10_100; // the stream's last sequence: 10,000 credits and 100 notes
+                       // A consumer's lag in events, from the stream's last sequence.
+    assert_eq!(source.events_after(0, u64::MAX).await.unwrap(), last);
+    assert_eq!(source.events_after(10_000, u64::MAX).await.unwrap(), 100);
+    assert_eq!(source.events_after(0, 50).await.unwrap(), 50);
 
     let mut rng = rand::rng();
     let mut projection = Some(projection);

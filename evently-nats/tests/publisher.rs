@@ -368,3 +368,42 @@ async fn a_stream_id_too_long_for_a_subject_stops_the_publisher_naming_it() {
         vec![1, 2]
     );
 }
+
+/// The publisher counts what the stream acknowledged and reports its lag
+/// in events (the log's events after the last published one), under its
+/// span.
+#[test]
+fn the_publisher_reports_published_events_and_its_lag() {
+    use evently_core::testing::telemetry::capture;
+    let (stream, prefix) = unique("metrics");
+    let (lag, seen) = capture({
+        let stream = stream.clone();
+        async move {
+            let client = shared_client().await;
+            let store = MemoryStore::new();
+            append_events(&store, &[StreamId::from("account-m")], 40, 1).await;
+            let publisher = publisher(&store, client, &stream, &prefix).await;
+            let running = publisher.spawn();
+            assert!(publisher.wait_for(40, WAIT).await);
+            let lag = publisher.lag().await.unwrap();
+            running.abort();
+            let _ = running.await;
+            lag
+        }
+    });
+    assert_eq!(lag, 0);
+    let labels = [("stream", stream.as_str())];
+    assert_eq!(
+        seen.counter(evently_nats::PUBLISHED_EVENTS, &labels),
+        Some(40)
+    );
+    // Counted once when the publisher started: all 40 behind, or fewer
+    // if the first acknowledgements came first.
+    let gauge = seen
+        .gauge(evently_nats::PUBLISHER_LAG_EVENTS, &labels)
+        .unwrap();
+    assert!((0.0..=40.0).contains(&gauge), "{gauge}");
+    let spans = seen.spans_named("evently.publish");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].field("stream"), Some(stream.as_str()));
+}

@@ -364,3 +364,61 @@ async fn instances_that_come_and_go_apply_every_acknowledged_command_once() {
         svc.stop().await;
     }
 }
+
+/// One request followed across the services by its correlation id: the
+/// client's span, the serving instance's and the command's carry it.
+#[test]
+fn a_remote_command_is_traced_on_both_sides_under_its_correlation_id() {
+    use evently_core::testing::telemetry::capture;
+    let correlation = uuid::Uuid::now_v7();
+    let (command_id, seen) = capture(async move {
+        let (name, schema) = (service_name(), schema());
+        let one = instance(&name, &schema, &Slowed::default()).await;
+        let accounts = RemoteRepository::<Account>::new(shared_client().await, &name);
+        let context = CommandContext::new().with_correlation_id(correlation);
+        let command_id = context.command_id;
+        accounts
+            .execute_with(
+                AccountCommand::Open {
+                    id: "traced".into(),
+                    owner: "T".into(),
+                },
+                context,
+            )
+            .await
+            .unwrap();
+        one.stop().await;
+        command_id
+    });
+    let correlation = correlation.to_string();
+    let command_id = command_id.to_string();
+    for name in [
+        "evently.remote_command",
+        "evently.serve_command",
+        "evently.command",
+    ] {
+        let spans = seen.spans_named(name);
+        assert_eq!(spans.len(), 1, "{name}: {spans:?}");
+        assert_eq!(
+            spans[0].field("correlation_id"),
+            Some(&*correlation),
+            "{name}"
+        );
+        assert_eq!(spans[0].field("command_id"), Some(&*command_id), "{name}");
+    }
+    assert_eq!(
+        seen.spans_named("evently.command")[0].parent.as_deref(),
+        Some("evently.serve_command")
+    );
+    assert_eq!(
+        seen.spans_named("evently.remote_command")[0].field("outcome"),
+        Some("accepted")
+    );
+    assert_eq!(
+        seen.counter(
+            evently_nats::service::REMOTE_COMMANDS,
+            &[("outcome", "accepted")]
+        ),
+        Some(1)
+    );
+}

@@ -69,6 +69,16 @@ impl EventStore for PgEventStore {
         self.fetch_head().await
     }
 
+    async fn events_after(&self, position: u64, cap: u64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(&self.inner.queries.events_after)
+            .bind(crate::read::to_i64(position))
+            .bind(crate::read::to_i64(cap))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(crate::error::unavailable_or_backend)?;
+        Ok(count as u64)
+    }
+
     fn subscribe(&self, from_position: u64) -> EventStream {
         subscription::subscribe(self.clone(), from_position)
     }

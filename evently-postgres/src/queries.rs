@@ -193,6 +193,7 @@ pub(crate) struct Queries {
     pub read_all: String,
     pub read_page: String,
     pub readable_bound: String,
+    pub events_after: String,
     pub read_correlation: String,
     pub read_event_at: String,
     pub head_position: String,
@@ -359,6 +360,11 @@ impl Queries {
                  ORDER BY e.position"
             ),
             readable_bound: format!("SELECT {s}.readable_bound()"),
+            // Counted on the primary key alone, and no further than the cap.
+            events_after: format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {s}.events \
+                 WHERE position > $1 AND position < {s}.readable_bound() LIMIT $2) e"
+            ),
             read_correlation: format!(
                 "SELECT {columns} FROM {s}.events e \
                  WHERE e.metadata ? 'correlation_id' AND e.metadata->>'correlation_id' = $1 \

@@ -168,8 +168,18 @@ pub trait Projection: Send + Sync + 'static {
         events: &[RecordedEvent<Self::Event>],
     ) -> impl Future<Output = Result<(), (usize, HandlerError)>> + Send {
         async move {
+            use tracing::Instrument;
             for (index, event) in events.iter().enumerate() {
-                self.apply(sink, event).await.map_err(|e| (index, e))?;
+                let span = tracing::debug_span!(
+                    "evently.projection.event",
+                    position = event.global_position,
+                    event_type = &*event.event_type,
+                    correlation_id = event.metadata.correlation_id.map(tracing::field::display),
+                );
+                self.apply(sink, event)
+                    .instrument(span)
+                    .await
+                    .map_err(|e| (index, e))?;
             }
             Ok(())
         }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{
     HandlerError, OnFailure, Projection, ProjectionHandle, ProjectionOptions, ProjectionState,
@@ -48,6 +49,7 @@ where
             options,
             status: status_tx,
             stop: stop_rx,
+            lag: Lag::default(),
         };
         let outcome = AssertUnwindSafe(runner.run()).catch_unwind().await;
         // Before the state says stopped: whoever waits for that may take
@@ -88,7 +90,22 @@ struct Runner<P, S, T> {
     options: ProjectionOptions,
     status: watch::Sender<ProjectionStatus>,
     stop: watch::Receiver<bool>,
+    lag: Lag,
 }
+
+/// The last count of the events behind the checkpoint.
+#[derive(Default)]
+struct Lag {
+    /// When it was counted (never yet: `None`).
+    counted: Option<Instant>,
+    /// How many events were behind then.
+    behind: u64,
+    /// The events processed by then.
+    processed: u64,
+}
+
+/// Lag in events is counted no further than this.
+const LAG_CAP: u64 = 10_000_000;
 
 /// How a run of the loop ended.
 enum Restart {
@@ -171,9 +188,18 @@ where
             }
             if !batch.is_empty() {
                 let started = Instant::now();
-                match self.process(&batch, checkpoint).await? {
+                let span = tracing::info_span!(
+                    "evently.projection.batch",
+                    projection = self.projection.name(),
+                    first = batch[0].global_position,
+                    last = batch[batch.len() - 1].global_position,
+                    events = batch.len(),
+                );
+                match self.process(&batch, checkpoint).instrument(span).await? {
                     Some(new_checkpoint) => {
                         let n = batch.len() as u64;
+                        self.report_lag(new_checkpoint, &batch[batch.len() - 1], n)
+                            .await;
                         let elapsed = started.elapsed();
                         let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
                         limit = if elapsed > self.options.max_batch_time {
@@ -243,7 +269,7 @@ where
                 .await;
             if parked.is_ok() {
                 tracing::warn!(projection = self.projection.name(), %reason, "unreadable row parked");
-                self.status.send_modify(|s| s.parked += 1);
+                self.count_parked();
             }
             parked
         };
@@ -329,7 +355,7 @@ where
                             }
                         }
                         tracing::warn!(projection = self.projection.name(), %reason, "event parked");
-                        self.status.send_modify(|s| s.parked += 1);
+                        self.count_parked();
                         break;
                     }
                 }
@@ -359,6 +385,53 @@ where
             .initial_backoff
             .saturating_mul(factor)
             .min(self.options.max_backoff)
+    }
+
+    /// Counts a batch applied up to `checkpoint`, whose last event is
+    /// `last`, and reports the lag ([`crate::telemetry`]): in seconds, the
+    /// age of `last`; in events, what follows the checkpoint, counted at
+    /// most once a second (and at once when the checkpoint passes the
+    /// last count's head).
+    async fn report_lag(&mut self, checkpoint: u64, last: &RecordedEvent, applied: u64) {
+        let name = self.projection.name().to_owned();
+        metrics::counter!(crate::telemetry::PROJECTION_EVENTS, "projection" => name.clone())
+            .increment(applied);
+        let age = (chrono::Utc::now() - last.recorded_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::gauge!(crate::telemetry::PROJECTION_LAG_SECONDS, "projection" => name.clone())
+            .set(age.as_secs_f64());
+        let processed = self.status.borrow().processed + applied;
+        let due = self
+            .lag
+            .counted
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        let behind = if due {
+            match self.store.events_after(checkpoint, LAG_CAP).await {
+                Ok(behind) => {
+                    self.lag = Lag {
+                        counted: Some(Instant::now()),
+                        behind,
+                        processed,
+                    };
+                    behind
+                }
+                Err(_) => return,
+            }
+        } else {
+            // Between counts: what was behind then, less what was applied
+            // since.
+            let applied_since = processed - self.lag.processed;
+            self.lag.behind.saturating_sub(applied_since)
+        };
+        metrics::gauge!(crate::telemetry::PROJECTION_LAG_EVENTS, "projection" => name)
+            .set(behind as f64);
+    }
+
+    fn count_parked(&self) {
+        self.status.send_modify(|s| s.parked += 1);
+        metrics::counter!(crate::telemetry::PARKED_EVENTS, "projection" => self.projection.name().to_owned())
+            .increment(1);
     }
 
     fn set_state(&self, state: ProjectionState) {

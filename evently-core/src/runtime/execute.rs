@@ -10,6 +10,8 @@ use crate::metadata::CommandContext;
 use crate::store::{CommandRecord, EventStore, Snapshot};
 use crate::version::{ExpectedVersion, StreamId};
 
+use tracing::Instrument;
+
 use super::{CommandOutcome, JournalPolicy, Loaded, Repository, SnapshotPolicy};
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
@@ -29,9 +31,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             attempts += 1;
             let (mut loaded, from_cache) = match cached.take() {
                 Some(loaded) => (loaded, true),
-                None => (self.load_stream(&stream_id).await?, false),
+                None => (
+                    traced(
+                        self.load_stream(&stream_id),
+                        tracing::debug_span!("evently.load"),
+                    )
+                    .await?,
+                    false,
+                ),
             };
-            let decided = match loaded.state.decide(command.clone(), &self.services).await {
+            let decided = traced(
+                loaded.state.decide(command.clone(), &self.services),
+                tracing::debug_span!("evently.decide", from_cache),
+            )
+            .await;
+            let decided = match decided {
                 Ok(decided) => decided,
                 Err(error) => {
                     // A refusal appends nothing, so no expected version
@@ -79,10 +93,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .map(|event| NewEvent::from_event(event, metadata.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::at(loaded.version);
-            match self
-                .append_resending(record, &stream_id, expected, new_events)
-                .await
-            {
+            let started = std::time::Instant::now();
+            let appended = traced(
+                self.append_resending(record, &stream_id, expected, new_events),
+                tracing::debug_span!("evently.append", expected = loaded.version),
+            )
+            .await;
+            metrics::histogram!(crate::telemetry::APPEND_SECONDS, "aggregate" => A::TYPE)
+                .record(started.elapsed().as_secs_f64());
+            match appended {
                 Ok(recorded) => {
                     let version = recorded.last().map_or(loaded.version, |e| e.stream_version);
                     let snapshot = self
@@ -117,6 +136,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     // The state was stale: it stays out of the cache, and
                     // the next attempt reloads.
                     tracing::debug!(stream = %stream_id, attempts, "conflict; reloading");
+                    metrics::counter!(crate::telemetry::CONFLICTS, "aggregate" => A::TYPE)
+                        .increment(1);
                     if attempts >= self.retry.max_attempts {
                         return Err(CommandError::Conflict {
                             stream_id,
@@ -261,5 +282,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 result => return result,
             }
         }
+    }
+}
+
+/// Runs `future` in `span`, or as it is when nothing records the span.
+async fn traced<F: std::future::Future>(future: F, span: tracing::Span) -> F::Output {
+    if span.is_disabled() {
+        future.await
+    } else {
+        future.instrument(span).await
     }
 }

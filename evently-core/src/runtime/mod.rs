@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregate::{Aggregate, RoutedCommand};
+use crate::aggregate::{Aggregate, Command as _, RoutedCommand};
 use crate::error::{CommandError, StoreError};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::metadata::CommandContext;
@@ -525,8 +525,47 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self.execute_in(stream_id, command, context).await
     }
 
-    /// Runs a command on the aggregate whose stream is `stream_id`.
+    /// Runs a command on the aggregate whose stream is `stream_id`, in its
+    /// span, and counts it ([`crate::telemetry`]).
     async fn execute_in(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "evently.command",
+            aggregate = A::TYPE,
+            stream = %stream_id,
+            command = command.command_type(),
+            command_id = %context.command_id,
+            correlation_id = %context.correlation_id.unwrap_or(context.command_id),
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        // Unobserved, the span costs nothing more than this check.
+        let result = if span.is_disabled() {
+            self.execute_traced(stream_id, command, context).await
+        } else {
+            self.execute_traced(stream_id, command, context)
+                .instrument(span.clone())
+                .await
+        };
+        let outcome = crate::telemetry::outcome_label(&result);
+        span.record("outcome", outcome);
+        if let Ok(done) = &result {
+            span.record("attempts", done.attempts);
+        }
+        metrics::counter!(crate::telemetry::COMMANDS, "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(crate::telemetry::COMMAND_SECONDS, "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_traced(
         &self,
         stream_id: StreamId,
         command: A::Command,

@@ -682,6 +682,24 @@ pub async fn read_all_pages_in_one_stable_order<S: EventStore>(store: S) {
         paged.extend(page);
     }
     assert_eq!(ids(&paged), ids(&whole), "pages join into the whole log");
+    // A reader's lag in events: what follows a position, however sparse
+    // the positions are, and no more than the cap.
+    assert_eq!(store.events_after(0, u64::MAX).await.unwrap(), 24);
+    assert_eq!(
+        store
+            .events_after(whole[9].global_position, u64::MAX)
+            .await
+            .unwrap(),
+        14
+    );
+    assert_eq!(store.events_after(0, 7).await.unwrap(), 7);
+    assert_eq!(
+        store
+            .events_after(whole[23].global_position, u64::MAX)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         ids(&read_whole_log(&store).await),
         ids(&whole),

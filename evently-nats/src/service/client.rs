@@ -10,7 +10,9 @@ use evently_core::{Aggregate, CommandContext, CommandOutcome, Payload, RecordedE
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{WireError, WireOutcome, WireRequest, ERROR_HEADER};
+use super::{
+    WireError, WireOutcome, WireRequest, ERROR_HEADER, REMOTE_COMMANDS, REMOTE_COMMAND_SECONDS,
+};
 
 /// Why a remote command did not succeed. Only `Rejected` says the command
 /// was refused; after `TimedOut` or `NoResponders` it may still run once
@@ -140,6 +142,37 @@ where
     /// Executes a command with its context (id, correlation, causation,
     /// actor, user keys). The command is idempotent under its id.
     pub async fn execute_with(
+        &self,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, RemoteError<A::Error>> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "evently.remote_command",
+            subject = %self.subject,
+            command_id = %context.command_id,
+            correlation_id = %context.correlation_id.unwrap_or(context.command_id),
+            outcome = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let result = self.send(command, context).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(RemoteError::Rejected(_)) => "rejected",
+            Err(RemoteError::Conflict(_)) => "conflict",
+            Err(RemoteError::NoResponders { .. }) => "no_responders",
+            Err(RemoteError::TimedOut { .. }) => "timed_out",
+            Err(_) => "failed",
+        };
+        span.record("outcome", outcome);
+        metrics::counter!(REMOTE_COMMANDS, "subject" => self.subject.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(REMOTE_COMMAND_SECONDS, "subject" => self.subject.clone())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send(
         &self,
         command: A::Command,
         context: CommandContext,

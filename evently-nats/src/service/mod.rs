@@ -46,6 +46,13 @@ pub use client::{RemoteError, RemoteRepository};
 pub use discovery::{discover, Instance};
 pub use server::{CommandService, ServeError};
 
+/// Metric: commands sent to another service, by subject and outcome
+/// (`accepted`, `rejected`, `conflict`, `no_responders`, `timed_out`,
+/// `failed`).
+pub const REMOTE_COMMANDS: &str = "evently_remote_commands_total";
+/// Metric: a remote command's duration, retries included, in seconds.
+pub const REMOTE_COMMAND_SECONDS: &str = "evently_remote_command_seconds";
+
 /// The header that carries a failure's detail.
 pub const ERROR_HEADER: &str = "Evently-Error";
 /// The queue group every instance's endpoints join.

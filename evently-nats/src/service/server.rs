@@ -10,6 +10,7 @@ use evently_core::{
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::{WireError, WireEvent, WireOutcome, WireRequest, ERROR_HEADER, QUEUE_GROUP};
 
@@ -79,7 +80,15 @@ impl CommandService {
                 .for_each_concurrent(concurrency.max(1), |request| {
                     let repository = repository.clone();
                     async move {
-                        let (reply, headers) = handle(&repository, &request.message.payload).await;
+                        let span = tracing::info_span!(
+                            "evently.serve_command",
+                            aggregate = A::TYPE,
+                            command_id = tracing::field::Empty,
+                            correlation_id = tracing::field::Empty,
+                        );
+                        let (reply, headers) = handle(&repository, &request.message.payload)
+                            .instrument(span)
+                            .await;
                         if let Err(e) = request.respond_with_headers(reply, headers).await {
                             tracing::warn!(error = %e, "cannot send a command's reply");
                         }
@@ -151,6 +160,12 @@ where
             )
         }
     };
+    let span = tracing::Span::current();
+    span.record("command_id", tracing::field::display(request.command_id));
+    span.record(
+        "correlation_id",
+        tracing::field::display(request.correlation_id.unwrap_or(request.command_id)),
+    );
     let mut context = CommandContext::new().with_command_id(request.command_id);
     context.correlation_id = request.correlation_id;
     context.causation_id = request.causation_id;
