@@ -141,6 +141,33 @@ impl PgEventStore {
         name: &str,
         options: ProjectionOptions,
     ) -> Result<Views<V>, ViewError> {
+        self.start_view(name, |projection| self.run_projection(projection, options))
+            .await
+    }
+
+    /// [`PgEventStore::run_view`] on another source: a stream another
+    /// service publishes (`evently-nats`'s `JetStreamSource`), say. The
+    /// documents and the checkpoint (the source's position) live in this
+    /// store's schema, written in one transaction.
+    pub async fn run_view_from<V: View, Src: evently_core::EventSource>(
+        &self,
+        source: Src,
+        name: &str,
+        options: ProjectionOptions,
+    ) -> Result<Views<V>, ViewError> {
+        self.start_view(name, |projection| {
+            self.run_projection_from(source, projection, options)
+        })
+        .await
+    }
+
+    /// Creates the view's table if needed and starts its projection with
+    /// `run`.
+    async fn start_view<V: View>(
+        &self,
+        name: &str,
+        run: impl FnOnce(ViewProjection<V, PgDocuments>) -> evently_core::projection::ProjectionHandle,
+    ) -> Result<Views<V>, ViewError> {
         let table = ViewTable::new(&self.inner.queries.schema, name)?;
         sqlx::query(&table.create())
             .execute(self.pool())
@@ -155,7 +182,7 @@ impl PgEventStore {
                 _ => Err(unavailable_or_backend(e)),
             })?;
         let projection = ViewProjection::<V, PgDocuments>::with_table(name, table.as_str());
-        let handle = self.run_projection(projection, options);
+        let handle = run(projection);
         let reader = PgReader {
             pool: self.pool().clone(),
             get: view_sink::load(table.as_str()),

@@ -170,20 +170,25 @@ pub trait Projection: Send + Sync + 'static {
         async move {
             use tracing::Instrument;
             for (index, event) in events.iter().enumerate() {
-                let span = tracing::debug_span!(
-                    "evently.projection.event",
-                    position = event.global_position,
-                    event_type = &*event.event_type,
-                    correlation_id = event.metadata.correlation_id.map(tracing::field::display),
-                );
                 self.apply(sink, event)
-                    .instrument(span)
+                    .instrument(event_span(event))
                     .await
                     .map_err(|e| (index, e))?;
             }
             Ok(())
         }
     }
+}
+
+/// The span an event is applied in (DEBUG): its position, type and
+/// correlation id.
+pub(crate) fn event_span<E>(event: &RecordedEvent<E>) -> tracing::Span {
+    tracing::debug_span!(
+        "evently.projection.event",
+        position = event.global_position,
+        event_type = &*event.event_type,
+        correlation_id = event.metadata.correlation_id.map(tracing::field::display),
+    )
 }
 
 /// What the runner does with an event whose handler keeps failing.

@@ -7,7 +7,7 @@ use crate::error::{CommandError, StoreError};
 use crate::event::Payload;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::metadata::CommandContext;
-use crate::store::{CommandRecord, EventStore, Snapshot};
+use crate::store::{CommandRecord, EventStore, JournalEntry, JournalOutcome, Snapshot};
 use crate::version::{ExpectedVersion, StreamId};
 
 use tracing::Instrument;
@@ -138,6 +138,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     tracing::debug!(stream = %stream_id, attempts, "conflict; reloading");
                     metrics::counter!(crate::telemetry::CONFLICTS, "aggregate" => A::TYPE)
                         .increment(1);
+                    // The writer that got there first may be this very
+                    // command (a retry sent while the first attempt ran,
+                    // by a client that timed out): then its outcome is
+                    // the answer, not a decision on the state it made.
+                    if let Some(outcome) = self.executed_meanwhile(record, attempts).await? {
+                        return Ok(outcome);
+                    }
                     if attempts >= self.retry.max_attempts {
                         return Err(CommandError::Conflict {
                             stream_id,
@@ -158,6 +165,33 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 }
                 Err(other) => return Err(other.into()),
             }
+        }
+    }
+
+    /// The first outcome of an idempotent command that another attempt of
+    /// it executed while this one ran, if one did.
+    async fn executed_meanwhile(
+        &self,
+        record: Option<&CommandRecord>,
+        attempts: u32,
+    ) -> Result<Option<CommandOutcome<A::Event>>, CommandError<A::Error>> {
+        let (Some(record), Some(commands)) = (record, &self.commands) else {
+            return Ok(None);
+        };
+        match (commands.find)(&self.store, record.command_id).await? {
+            Some(JournalEntry {
+                stream_id,
+                outcome:
+                    JournalOutcome::Accepted {
+                        first_version,
+                        last_version,
+                    },
+                ..
+            }) => Ok(Some(
+                self.first_outcome(stream_id, first_version, last_version, attempts)
+                    .await?,
+            )),
+            _ => Ok(None),
         }
     }
 

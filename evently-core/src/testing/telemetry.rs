@@ -124,6 +124,11 @@ impl Captured {
 /// that tasks it spawns report too) with a span collector and a metrics
 /// recorder installed for that thread only; returns its output and what
 /// it reported.
+///
+/// Keep tests that capture in a test binary (a file under `tests/`) where
+/// every test captures: `tracing` caches per call site whether any
+/// collector listens, and a test without one, running at the same moment
+/// on another thread, can leave that cache saying none does.
 pub fn capture<F: Future>(future: F) -> (F::Output, Captured) {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let subscriber = tracing_subscriber::registry().with(Collector {

@@ -384,7 +384,7 @@ impl<V: View, S: ViewSink> Projection for ViewProjection<V, S> {
                 continue;
             }
             let (doc, version, position) = entry.doc.get_or_insert_with(|| (V::default(), 0, 0));
-            doc.apply(event);
+            crate::projection::event_span(event).in_scope(|| doc.apply(event));
             *version += 1;
             *position = event.global_position;
         }

@@ -1,0 +1,290 @@
+//! The system end to end, as real processes on the real PostgreSQL and
+//! NATS, through HTTP on loopback.
+
+mod harness;
+
+use harness::System;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_session_through_the_gateway() {
+    let system = System::start(1, 1, &[]).await;
+
+    let opened = system
+        .post(
+            "/accounts",
+            "open-ann",
+            json!({"id": "ann", "owner": "Ann"}),
+        )
+        .await;
+    assert_eq!(opened.status, 201, "{opened:?}");
+    assert_eq!(opened.body["version"], 1);
+    let deposited = system
+        .post("/accounts/ann/deposits", "dep-1", json!({"amount": 120}))
+        .await;
+    assert_eq!(
+        (deposited.status, &deposited.body["version"]),
+        (200, &json!(2))
+    );
+    let withdrew = system
+        .post("/accounts/ann/withdrawals", "wd-1", json!({"amount": 20}))
+        .await;
+    assert_eq!(
+        (withdrew.status, &withdrew.body["version"]),
+        (200, &json!(3))
+    );
+
+    // Refused by the aggregate: 422 with its own message and value.
+    let refused = system
+        .post("/accounts/ann/withdrawals", "wd-2", json!({"amount": 500}))
+        .await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.content_type, "application/problem+json");
+    assert_eq!(
+        refused.body["detail"],
+        "insufficient funds: balance 100, requested 500"
+    );
+    assert_eq!(
+        refused.body["error"],
+        json!({"InsufficientFunds": {"balance": 100, "requested": 500}})
+    );
+
+    // The same key again: the first answer, and no second deposit.
+    let replayed = system
+        .post("/accounts/ann/deposits", "dep-1", json!({"amount": 120}))
+        .await;
+    assert_eq!(replayed.status, 200);
+    assert_eq!(replayed.body, deposited.body);
+
+    // Read-your-writes: reporting answers once it has seen version 3.
+    let balance = system.get("/accounts/ann?min_version=3").await;
+    assert_eq!(balance.status, 200, "{balance:?}");
+    assert_eq!(balance.body["version"], 3);
+    assert_eq!(
+        balance.body["document"],
+        json!({"owner": "Ann", "balance": 100})
+    );
+    let ledger = system.get("/accounts/ann/ledger?min_version=3").await;
+    let entries = ledger.body["document"]["entries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let kinds: Vec<(&str, u64, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["amount"].as_u64().unwrap(),
+                e["balance"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("deposit", 120, 120), ("withdrawal", 20, 100)]);
+    let today = chrono::Utc::now().date_naive().to_string();
+    let daily = system.get(&format!("/reports/daily/{today}")).await;
+    assert_eq!(
+        daily.body["document"],
+        json!({"deposited": 120, "withdrawn": 20, "movements": 2})
+    );
+
+    // The audit trail from the log: three events, each with its command.
+    let history = system.get("/accounts/ann/history").await;
+    let events = history.body.as_array().unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Opened", "Deposited", "Withdrew"]);
+    assert_eq!(
+        events[1]["metadata"]["correlation_id"].as_str(),
+        deposited.correlation.as_deref()
+    );
+
+    // Each process exports its metrics in the Prometheus text format (the
+    // replayed deposit answered with its first outcome: accepted).
+    for (process, metric) in [
+        ("accounts", "evently_commands_total{aggregate=\"account\",outcome=\"accepted\"} 4"),
+        ("accounts", "evently_commands_total{aggregate=\"account\",outcome=\"rejected\"} 1"),
+        ("reporting", "evently_projection_events_total{projection=\"view_balances\"} 3"),
+        ("gateway", "evently_remote_commands_total{"),
+    ] {
+        let http = &system.processes.iter().find(|p| p.name == process).unwrap().http;
+        let text = system
+            .http
+            .get(format!("{http}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains(metric), "{process} /metrics lacks {metric}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_problems_with_the_right_status() {
+    let system = System::start(1, 1, &[]).await;
+    let url = |path: &str| format!("{}{path}", system.gateway);
+    let problem = |reply: &harness::Reply, status: u16| {
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert_eq!(reply.content_type, "application/problem+json", "{reply:?}");
+        assert_eq!(reply.body["status"], status, "{reply:?}");
+    };
+    system
+        .post("/accounts", "open-bo", json!({"id": "bo", "owner": "Bo"}))
+        .await;
+
+    let send = |request: reqwest::RequestBuilder| async move {
+        harness::Reply::of(request.send().await.unwrap()).await
+    };
+    // Malformed JSON, wrong types, a missing field.
+    let malformed = send(
+        system
+            .http
+            .post(url("/accounts/bo/deposits"))
+            .header("Idempotency-Key", "m1")
+            .body("{\"amount\": "),
+    )
+    .await;
+    problem(&malformed, 400);
+    let wrong = system
+        .post("/accounts/bo/deposits", "m2", json!({"amount": "ten"}))
+        .await;
+    problem(&wrong, 400);
+    let negative = system
+        .post("/accounts/bo/deposits", "m3", json!({"amount": -5}))
+        .await;
+    problem(&negative, 400);
+    // A body over the limit.
+    let huge = send(
+        system
+            .http
+            .post(url("/accounts"))
+            .header("Idempotency-Key", "m4")
+            .body(format!(
+                "{{\"id\": \"x\", \"owner\": \"{}\"}}",
+                "a".repeat(64 * 1024)
+            )),
+    )
+    .await;
+    problem(&huge, 413);
+    // No idempotency key where one is required.
+    let keyless = send(
+        system
+            .http
+            .post(url("/accounts/bo/deposits"))
+            .json(&json!({"amount": 1})),
+    )
+    .await;
+    problem(&keyless, 400);
+    // The same key with another body: refused, not replayed.
+    let first = system
+        .post("/accounts/bo/deposits", "k", json!({"amount": 5}))
+        .await;
+    assert_eq!(first.status, 200);
+    let other = system
+        .post("/accounts/bo/deposits", "k", json!({"amount": 6}))
+        .await;
+    problem(&other, 422);
+    // Unknown route, unknown account, a command the aggregate refuses.
+    problem(&system.get("/nowhere").await, 404);
+    problem(&system.get("/accounts/nobody").await, 404);
+    problem(&system.get("/accounts/nobody/history").await, 404);
+    problem(
+        &system
+            .post("/accounts/nobody/deposits", "n1", json!({"amount": 1}))
+            .await,
+        422,
+    );
+    problem(&system.get("/reports/daily/yesterday").await, 400);
+    // A version reporting will not reach in time: 504.
+    problem(
+        &system
+            .get("/accounts/bo?min_version=99&timeout_ms=100")
+            .await,
+        504,
+    );
+    // Only one deposit of 5 happened.
+    let balance = system.get("/accounts/bo?min_version=2").await;
+    assert_eq!(balance.body["document"]["balance"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_serving_is_503_and_the_gateway_says_it_is_not_ready() {
+    let mut system = System::start(1, 1, &[("REQUEST_TIMEOUT_MS", "300")]).await;
+    system.process("accounts").kill().await;
+    let reply = system
+        .post("/accounts", "lonely", json!({"id": "z", "owner": "Z"}))
+        .await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    let ready = system
+        .http
+        .get(format!("{}/readyz", system.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().await.unwrap().contains("accounts"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_followed_across_the_services_by_its_correlation_id() {
+    let system = System::start(1, 1, &[]).await;
+    system
+        .post("/accounts", "open-cy", json!({"id": "cy", "owner": "Cy"}))
+        .await;
+    let correlation = uuid::Uuid::now_v7().to_string();
+    let deposit = system
+        .http
+        .post(format!("{}/accounts/cy/deposits", system.gateway))
+        .header("Idempotency-Key", "cy-1")
+        .header("X-Correlation-Id", &correlation)
+        .json(&json!({"amount": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deposit.status().as_u16(), 200);
+    let read = system
+        .http
+        .get(format!("{}/accounts/cy?min_version=2", system.gateway))
+        .header("X-Correlation-Id", &correlation)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    // Each process logs its spans as JSON lines when they close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let spans_of = |process: &str| -> Vec<String> {
+        system
+            .logs_mentioning(&correlation)
+            .into_iter()
+            .filter(|(p, _)| *p == process)
+            .filter_map(|(_, line)| {
+                let json: serde_json::Value = serde_json::from_str(&line).ok()?;
+                Some(json["span"]["name"].as_str()?.to_owned())
+            })
+            .collect()
+    };
+    loop {
+        let (gateway, accounts, reporting) = (
+            spans_of("gateway"),
+            spans_of("accounts"),
+            spans_of("reporting"),
+        );
+        let seen = gateway.contains(&"evently.remote_command".to_owned())
+            && gateway.contains(&"bank.http".to_owned())
+            && accounts.contains(&"evently.serve_command".to_owned())
+            && accounts.contains(&"evently.command".to_owned())
+            && reporting.contains(&"evently.projection.event".to_owned())
+            && reporting.contains(&"bank.query".to_owned());
+        if seen {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spans with correlation id {correlation}: gateway {gateway:?}, accounts {accounts:?}, reporting {reporting:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
