@@ -208,7 +208,99 @@ async fn a_burst_does_not_leave_the_cache_past_its_capacity<S: EventStore + Comm
     assert_eq!(accounts.load("burst-31").await.unwrap().state.balance, 1);
 }
 
+/// Holds the second decision of a command until released: a retry that
+/// has loaded its state before the first attempt committed.
+#[derive(Default)]
+struct Gate {
+    decisions: std::sync::atomic::AtomicU32,
+    release: tokio::sync::Notify,
+    holding: tokio::sync::Notify,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+enum DoorEvent {
+    Opened,
+}
+
+#[derive(Debug, Clone, Command)]
+enum DoorCommand {
+    Open { id: String },
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("the door is already open")]
+struct AlreadyOpen;
+
+#[derive(Debug, Default, Aggregate)]
+#[aggregate(name = "door", event = DoorEvent, command = DoorCommand, error = AlreadyOpen, services = Arc<Gate>)]
+struct Door {
+    open: bool,
+}
+
+impl Door {
+    async fn decide(
+        &self,
+        _: DoorCommand,
+        gate: &Arc<Gate>,
+    ) -> Result<Vec<DoorEvent>, AlreadyOpen> {
+        if gate
+            .decisions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            gate.holding.notify_one();
+            gate.release.notified().await;
+        }
+        if self.open {
+            Err(AlreadyOpen)
+        } else {
+            Ok(vec![DoorEvent::Opened])
+        }
+    }
+
+    fn apply(&mut self, _: &DoorEvent) {
+        self.open = true;
+    }
+}
+
+/// A client that timed out retries its command (same id) while the first
+/// attempt still runs: the retry loses the append race to the first
+/// attempt, and must answer with that attempt's outcome, not decide again
+/// on the state the first attempt made ("already open").
+async fn a_retry_that_loses_to_its_own_first_attempt_returns_that_outcome<
+    S: EventStore + CommandStore,
+>(
+    store: S,
+) {
+    let gate = Arc::new(Gate::default());
+    let doors = Repository::<Door, _>::with_services(store.clone(), Arc::clone(&gate));
+    let context = CommandContext::new().with_command_id(uuid::Uuid::now_v7());
+    let open = || DoorCommand::Open { id: "d".into() };
+    // The retry: it finds no record yet, loads the empty door and is held
+    // in its decision.
+    let retry = tokio::spawn({
+        let (doors, context) = (doors.clone(), context.clone());
+        async move { doors.execute_with(open(), context).await }
+    });
+    gate.holding.notified().await;
+    // The first attempt (another instance, no cache) runs whole.
+    let other = Repository::<Door, _>::with_services(store.clone(), Arc::clone(&gate));
+    let first = other.execute_with(open(), context).await.unwrap();
+    gate.release.notify_one();
+    let retried = retry.await.unwrap().unwrap();
+    assert_eq!((retried.version, first.version), (1, 1));
+    assert_eq!(retried.events[0].event_id, first.events[0].event_id);
+    assert_eq!(
+        store
+            .stream_version(&StreamId::new("door-d"))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
 on_both_stores!(
+    a_retry_that_loses_to_its_own_first_attempt_returns_that_outcome,
     a_burst_does_not_leave_the_cache_past_its_capacity,
     a_warm_command_reads_nothing,
     commands_to_one_aggregate_do_not_conflict_in_process,

@@ -103,12 +103,26 @@ async fn a_customer_session_through_the_gateway() {
     // Each process exports its metrics in the Prometheus text format (the
     // replayed deposit answered with its first outcome: accepted).
     for (process, metric) in [
-        ("accounts", "evently_commands_total{aggregate=\"account\",outcome=\"accepted\"} 4"),
-        ("accounts", "evently_commands_total{aggregate=\"account\",outcome=\"rejected\"} 1"),
-        ("reporting", "evently_projection_events_total{projection=\"view_balances\"} 3"),
+        (
+            "accounts",
+            "evently_commands_total{aggregate=\"account\",outcome=\"accepted\"} 4",
+        ),
+        (
+            "accounts",
+            "evently_commands_total{aggregate=\"account\",outcome=\"rejected\"} 1",
+        ),
+        (
+            "reporting",
+            "evently_projection_events_total{projection=\"view_balances\"} 3",
+        ),
         ("gateway", "evently_remote_commands_total{"),
     ] {
-        let http = &system.processes.iter().find(|p| p.name == process).unwrap().http;
+        let http = &system
+            .processes
+            .iter()
+            .find(|p| p.name == process)
+            .unwrap()
+            .http;
         let text = system
             .http
             .get(format!("{http}/metrics"))
@@ -118,7 +132,10 @@ async fn a_customer_session_through_the_gateway() {
             .text()
             .await
             .unwrap();
-        assert!(text.contains(metric), "{process} /metrics lacks {metric}:\n{text}");
+        assert!(
+            text.contains(metric),
+            "{process} /metrics lacks {metric}:\n{text}"
+        );
     }
 }
 
