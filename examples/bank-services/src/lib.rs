@@ -19,7 +19,13 @@
 
 pub mod config;
 pub mod domain;
+pub mod load;
 pub mod queries;
 pub mod runtime;
 
 pub use config::Config;
+
+/// The namespace of the command ids the gateway derives from idempotency
+/// keys (UUID v5 of the key), and of request fingerprints.
+pub const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6b61_6e6b_2d67_6174_6577_6179_2d6b_6579);

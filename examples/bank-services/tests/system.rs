@@ -305,3 +305,98 @@ async fn one_request_is_followed_across_the_services_by_its_correlation_id() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Two accounts and two reporting instances; 5,000 deposits from 32
+/// clients while one accounts instance is killed (SIGKILL) and a new one
+/// started. Every acknowledged deposit is in the log exactly once, nothing
+/// else is, and reporting equals a replay of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_an_accounts_instance_under_load_loses_and_repeats_nothing() {
+    use bank_services::load::{run, Load};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let mut system = System::start(2, 2, &[("REQUEST_TIMEOUT_MS", "1000")]).await;
+    let load = Load::new(system.gateway.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let driver = tokio::spawn({
+        let (load, done) = (load.clone(), Arc::clone(&done));
+        async move { run(&load, done).await }
+    });
+    let reach = |n: u64| {
+        let done = Arc::clone(&done);
+        async move {
+            while done.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    reach(1_000).await;
+    system.process("accounts").kill().await;
+    reach(2_500).await;
+    system.spawn("accounts").await;
+    let report = driver.await.unwrap().unwrap();
+    eprintln!(
+        "kill test: {} acknowledged, {} failed, {} retries, errors {:?}, {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+        report.acknowledged, report.failed, report.retries, report.errors, report.per_second, report.p50_ms, report.p99_ms
+    );
+    assert_eq!((report.acknowledged, report.failed), (5_000, 0));
+
+    // What each account should hold: the acknowledged deposits, by command id.
+    let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for deposit in &report.deposits {
+        let id = uuid::Uuid::new_v5(
+            &bank_services::IDEMPOTENCY_NAMESPACE,
+            deposit.key.as_bytes(),
+        );
+        expected
+            .entry(deposit.account.clone())
+            .or_default()
+            .insert(id.to_string());
+        *sums.entry(deposit.account.clone()).or_default() += deposit.amount;
+    }
+    for n in 0..load.accounts {
+        let account = load.account(n);
+        let history = system.get(&format!("/accounts/{account}/history")).await;
+        let events = history.body.as_array().unwrap();
+        let deposits: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["event_type"] == "Deposited")
+            .collect();
+        let commands: BTreeSet<String> = deposits
+            .iter()
+            .map(|e| e["metadata"]["command_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(commands.len(), deposits.len(), "{account}: a command twice");
+        assert_eq!(
+            commands, expected[&account],
+            "{account}: the log is the acknowledged deposits"
+        );
+        let logged: u64 = deposits
+            .iter()
+            .map(|e| e["data"]["amount"].as_u64().unwrap())
+            .sum();
+        assert_eq!(logged, sums[&account]);
+        // Reporting equals a replay of the log.
+        let version = events.len();
+        let balance = system
+            .get(&format!(
+                "/accounts/{account}?min_version={version}&timeout_ms=10000"
+            ))
+            .await;
+        assert_eq!(balance.status, 200, "{balance:?}");
+        assert_eq!(balance.body["version"], version);
+        assert_eq!(balance.body["document"]["balance"], logged);
+        let ledger = system
+            .get(&format!(
+                "/accounts/{account}/ledger?min_version={version}&timeout_ms=10000"
+            ))
+            .await;
+        assert_eq!(
+            ledger.body["document"]["entries"].as_array().unwrap().len(),
+            deposits.len()
+        );
+    }
+}

@@ -53,9 +53,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies above this are refused with 413.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// The namespace of command ids derived from idempotency keys, and of
-/// request fingerprints.
-const KEYS: uuid::Uuid = uuid::Uuid::from_u128(0x6b61_6e6b_2d67_6174_6577_6179_2d6b_6579);
+use bank_services::IDEMPOTENCY_NAMESPACE as KEYS;
 
 #[derive(Clone)]
 struct Gateway {

@@ -169,11 +169,17 @@ async fn document<V: View + Clone>(
                 });
             }
             _ => {
-                // Wait for the view to move, then look again.
-                let next = views.status().position + 1;
-                let _ = views
-                    .wait_for(next, deadline.saturating_duration_since(Instant::now()))
-                    .await;
+                // Wait for the view to move, then look again: on this
+                // instance's runner when it is the one running the view;
+                // an instance on standby (another holds the view's lease)
+                // sees the other's writes only by reading again.
+                let status = views.status();
+                let left = deadline.saturating_duration_since(Instant::now());
+                if status.state == ProjectionState::Running {
+                    let _ = views.wait_for(status.position + 1, left).await;
+                } else {
+                    tokio::time::sleep(left.min(Duration::from_millis(10))).await;
+                }
             }
         }
     }
