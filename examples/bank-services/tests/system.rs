@@ -400,3 +400,162 @@ async fn losing_an_accounts_instance_under_load_loses_and_repeats_nothing() {
         );
     }
 }
+
+/// Reads Server-Sent Events from `response` until `n` have come: each
+/// as (id, event type, data).
+async fn read_events(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    n: usize,
+) -> Vec<(u64, String, serde_json::Value)> {
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while events.len() < n {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, String::new(), serde_json::Value::Null);
+            for line in block.lines() {
+                let Some((field, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let value = value.trim_start();
+                match field {
+                    "id" => id = value.parse().ok(),
+                    "event" => kind = value.to_owned(),
+                    "data" => data = serde_json::from_str(value).unwrap(),
+                    _ => {}
+                }
+            }
+            if let Some(id) = id {
+                events.push((id, kind, data));
+            }
+        }
+        if events.len() >= n {
+            break;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let chunk = tokio::time::timeout(left, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} events in 10 s: {events:?}", events.len()))
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_event_stream_resumes_after_a_disconnect_with_nothing_missed_or_repeated() {
+    let system = System::start(1, 1, &[]).await;
+    system
+        .post(
+            "/accounts",
+            "open-eve",
+            json!({"id": "eve", "owner": "Eve"}),
+        )
+        .await;
+    let mut live = system
+        .http
+        .get(format!("{}/events?from=1", system.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    assert!(live.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    for (n, amount) in [(1, 10), (2, 20)] {
+        system
+            .post(
+                "/accounts/eve/deposits",
+                &format!("eve-{n}"),
+                json!({"amount": amount}),
+            )
+            .await;
+    }
+    let mut buffer = String::new();
+    let first = read_events(&mut live, &mut buffer, 3).await;
+    let kinds: Vec<&str> = first.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["Opened", "Deposited", "Deposited"]);
+    assert_eq!(first[2].2["data"], json!({"amount": 20}));
+    assert_eq!(
+        (first[2].2["account"].as_str(), &first[2].2["version"]),
+        (Some("eve"), &json!(3))
+    );
+    drop(live);
+
+    // While disconnected: two more, and a withdrawal.
+    for (n, amount) in [(3, 30), (4, 40)] {
+        system
+            .post(
+                "/accounts/eve/deposits",
+                &format!("eve-{n}"),
+                json!({"amount": amount}),
+            )
+            .await;
+    }
+    system
+        .post("/accounts/eve/withdrawals", "eve-5", json!({"amount": 5}))
+        .await;
+    let last_seen = first[2].0;
+    let mut resumed = system
+        .http
+        .get(format!("{}/events", system.gateway))
+        .header("Last-Event-ID", last_seen.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let rest = read_events(&mut resumed, &mut buffer, 3).await;
+    let ids: Vec<u64> = rest.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(ids, [last_seen + 1, last_seen + 2, last_seen + 3]);
+    let versions: Vec<&serde_json::Value> = rest.iter().map(|(_, _, d)| &d["version"]).collect();
+    assert_eq!(versions, [&json!(4), &json!(5), &json!(6)]);
+    assert_eq!(rest[2].1, "Withdrew");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_then_stops_cleanly() {
+    let mut system = System::start(1, 1, &[]).await;
+    system
+        .post(
+            "/accounts",
+            "open-flo",
+            json!({"id": "flo", "owner": "Flo"}),
+        )
+        .await;
+    // A read that waits 1.5 s for a version that will not come.
+    let slow = tokio::spawn({
+        let (http, url) = (
+            system.http.clone(),
+            format!(
+                "{}/accounts/flo?min_version=9&timeout_ms=1500",
+                system.gateway
+            ),
+        );
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    // Let it reach the gateway; then ask the gateway to stop.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let gateway = system.process("gateway");
+    let stopped = gateway.terminate().await;
+    assert!(stopped.success(), "gateway: {stopped:?}");
+    // The request in flight got its answer (the time-out it asked for),
+    // not a dropped connection.
+    assert_eq!(slow.await.unwrap().unwrap(), 504);
+    assert!(system
+        .http
+        .get(format!("{}/healthz", system.gateway))
+        .send()
+        .await
+        .is_err());
+    // Reporting stops its views at a checkpoint and drains NATS.
+    let reporting = system.process("reporting");
+    let stopped = reporting.terminate().await;
+    assert!(stopped.success(), "reporting: {stopped:?}");
+    let logs = reporting.logs();
+    assert!(logs.iter().any(|l| l.contains("\"stopped\"")), "{logs:?}");
+    let accounts = system.process("accounts");
+    assert!(accounts.terminate().await.success());
+}

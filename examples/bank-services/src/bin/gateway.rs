@@ -14,6 +14,7 @@
 //! | `GET /accounts/{id}/ledger` | the movements, from reporting |
 //! | `GET /accounts/{id}/history` | the events with their metadata, from the log |
 //! | `GET /reports/daily/{date}` | a day's totals, from reporting |
+//! | `GET /events` | the accounts events live, as Server-Sent Events (`id` = the JetStream sequence; resume with `Last-Event-ID`, or start at `?from=SEQ`; without either, from now) |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | alive; NATS and both services answer; Prometheus text |
 //!
 //! Every `POST` needs an `Idempotency-Key` header: it becomes the command
@@ -107,6 +108,7 @@ fn routes(gateway: Gateway) -> Router {
         .route("/accounts/{id}/ledger", get(ledger))
         .route("/accounts/{id}/history", get(history))
         .route("/reports/daily/{date}", get(daily))
+        .route("/events", get(events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -512,6 +514,85 @@ async fn history(
     Ok(Json(events))
 }
 
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// The first sequence to send.
+    from: Option<u64>,
+}
+
+/// The accounts events as Server-Sent Events, from the JetStream stream
+/// the accounts service publishes: each with its sequence as `id`, its
+/// type as `event`, and the account, version, correlation id and payload
+/// as `data`. A client that reconnects with `Last-Event-ID` gets what
+/// follows that event, nothing missed and nothing twice.
+async fn events(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, Problem> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use evently::backend::LogItem;
+    use evently::nats::JetStreamSource;
+    use evently::EventSource;
+    use futures::StreamExt;
+
+    let source = JetStreamSource::new(gateway.client.clone(), &gateway.config.events_stream);
+    let last_seen = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "Last-Event-ID must be a sequence number",
+                    )
+                })
+        })
+        .transpose()?;
+    let from = match (last_seen, query.from) {
+        (Some(seen), _) => seen + 1,
+        (None, Some(from)) => from.max(1),
+        (None, None) => {
+            source
+                .events_after(0, u64::MAX)
+                .await
+                .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+                + 1
+        }
+    };
+    let stream = source.rows_from(from).filter_map(|item| async move {
+        match item {
+            Ok(LogItem::Event(event)) => {
+                let data = json!({
+                    "account": event.aggregate_id(),
+                    "version": event.stream_version,
+                    "correlation_id": event.metadata.correlation_id,
+                    "data": event.data.to_value().ok(),
+                });
+                Some(Ok::<_, std::convert::Infallible>(
+                    Event::default()
+                        .id(event.global_position.to_string())
+                        .event(&*event.event_type)
+                        .data(data.to_string()),
+                ))
+            }
+            // Not an event of ours: a comment keeps the place.
+            Ok(LogItem::Unreadable(row)) => Some(Ok(
+                Event::default().comment(format!("unreadable message {}", row.global_position))
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "the event stream failed; the client reconnects");
+                None
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 /// The OpenAPI 3.1 document of the routes.
 async fn openapi() -> Json<serde_json::Value> {
     let problem = json!({ "description": "a problem (RFC 9457)", "content": { "application/problem+json": {} } });
@@ -549,6 +630,10 @@ async fn openapi() -> Json<serde_json::Value> {
             "/accounts/{id}/ledger": { "get": read("the movements", vec![id.clone(), wait[0].clone(), wait[1].clone()]) },
             "/accounts/{id}/history": { "get": read("the events with their metadata", vec![id]) },
             "/reports/daily/{date}": { "get": read("a day's totals", vec![json!({ "name": "date", "in": "path", "required": true, "schema": { "type": "string", "format": "date" } })]) },
+            "/events": { "get": { "summary": "the accounts events live (Server-Sent Events; resume with Last-Event-ID)", "parameters": [
+                json!({ "name": "from", "in": "query", "schema": { "type": "integer", "minimum": 1 } }),
+                json!({ "name": "Last-Event-ID", "in": "header", "schema": { "type": "integer" } }) ],
+                "responses": { "200": { "description": "text/event-stream" }, "400": problem } } },
             "/healthz": { "get": { "summary": "alive", "responses": { "200": { "description": "ok" } } } },
             "/readyz": { "get": { "summary": "NATS and both services answer", "responses": { "200": { "description": "ready" }, "503": { "description": "why not" } } } },
             "/metrics": { "get": { "summary": "Prometheus text", "responses": { "200": { "description": "metrics" } } } }

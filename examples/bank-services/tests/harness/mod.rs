@@ -25,6 +25,20 @@ impl Process {
         let _ = self.child.kill().await;
     }
 
+    /// Sends SIGTERM and waits (10 s at most) for it to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running");
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within 10 s of SIGTERM", self.name))
+            .expect("its exit status")
+    }
+
     /// Its log lines so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
