@@ -408,7 +408,11 @@ impl Gateway {
             events: outcome
                 .events
                 .iter()
-                .map(|e| json!({ "type": &*e.event_type, "version": e.stream_version, "data": e.data }))
+                .map(|e| {
+                    // The payload as stored (and as history and /events show it).
+                    let data = e.data.encode().ok().and_then(|p| p.to_value().ok());
+                    json!({ "type": &*e.event_type, "version": e.stream_version, "data": data })
+                })
                 .collect(),
         };
         let mut response = (status, Json(reply)).into_response();
