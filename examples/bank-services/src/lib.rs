@@ -22,6 +22,7 @@ pub mod domain;
 pub mod load;
 pub mod queries;
 pub mod runtime;
+pub mod system;
 
 pub use config::Config;
 

@@ -165,15 +165,8 @@ pub async fn run(load: &Load, done: Arc<AtomicU64>) -> Result<Report, String> {
         .into_inner()
         .unwrap();
     let mut latencies = latencies.lock().unwrap().clone();
-    latencies.sort();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
     report.per_second = report.acknowledged as f64 / seconds;
-    report.p50_ms = at(0.5);
-    report.p99_ms = at(0.99);
+    (report.p50_ms, report.p99_ms) = percentiles(&mut latencies);
     Ok(report)
 }
 
@@ -242,4 +235,90 @@ async fn send(
         }
     }
     Err(format!("{path}: no 2xx after {} tries", load.attempts))
+}
+
+/// What a query run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryReport {
+    /// Queries answered 200.
+    pub answered: u64,
+    /// Other answers and transport errors.
+    pub failed: u64,
+    /// Answered queries per second.
+    pub per_second: f64,
+    /// Latency p50, ms.
+    pub p50_ms: f64,
+    /// Latency p99, ms.
+    pub p99_ms: f64,
+}
+
+/// `requests` balance reads (`GET /accounts/{id}`) from `load.clients`
+/// clients over the accounts `load` opened.
+pub async fn queries(load: &Load, requests: usize) -> Result<QueryReport, String> {
+    if !is_loopback(&load.gateway) {
+        return Err(format!("{} is not a loopback address", load.gateway));
+    }
+    let http = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..load.clients)
+        .map(|_| {
+            let (http, load, next, latencies, failed) = (
+                http.clone(),
+                load.clone(),
+                Arc::clone(&next),
+                Arc::clone(&latencies),
+                Arc::clone(&failed),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= requests {
+                        return;
+                    }
+                    let url = format!(
+                        "{}/accounts/{}",
+                        load.gateway,
+                        load.account(n % load.accounts)
+                    );
+                    let began = Instant::now();
+                    let answered = match http.get(url).send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                        _ => false,
+                    };
+                    if answered {
+                        latencies.lock().unwrap().push(began.elapsed());
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.map_err(|e| e.to_string())?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = latencies.lock().unwrap().clone();
+    let (p50_ms, p99_ms) = percentiles(&mut latencies);
+    Ok(QueryReport {
+        answered: latencies.len() as u64,
+        failed: failed.load(Ordering::Relaxed),
+        per_second: latencies.len() as f64 / seconds,
+        p50_ms,
+        p99_ms,
+    })
+}
+
+/// p50 and p99 of `latencies`, in ms (sorts them).
+pub fn percentiles(latencies: &mut [Duration]) -> (f64, f64) {
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    (at(0.5), at(0.99))
 }

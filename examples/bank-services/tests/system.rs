@@ -1,9 +1,7 @@
 //! The system end to end, as real processes on the real PostgreSQL and
 //! NATS, through HTTP on loopback.
 
-mod harness;
-
-use harness::System;
+use bank_services::system::{self as harness, System};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

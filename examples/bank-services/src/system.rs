@@ -1,6 +1,7 @@
-//! Starts the system as real processes (the crate's binaries) on the
-//! machine's PostgreSQL and NATS, each test in schemas, service names and
-//! a JetStream stream of its own, and talks to it over HTTP.
+//! The system as real processes (this crate's binaries) on the machine's
+//! PostgreSQL and NATS, in schemas, service names and a JetStream stream
+//! of its own, talked to over HTTP: what the tests and the benchmark
+//! start.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,8 +13,11 @@ use tokio::process::{Child, Command};
 
 /// One running process and what it wrote to standard error.
 pub struct Process {
+    /// Which binary.
     pub name: &'static str,
+    /// The process.
     pub child: Child,
+    /// Its standard error, line by line.
     pub logs: Arc<Mutex<Vec<String>>>,
     /// Where it serves HTTP.
     pub http: String,
@@ -45,27 +49,35 @@ impl Process {
     }
 }
 
-/// The system under test.
+/// A running system.
 pub struct System {
+    /// The environment every process gets.
     pub env: Vec<(String, String)>,
+    /// The processes, in the order started.
     pub processes: Vec<Process>,
+    /// An HTTP client.
     pub http: reqwest::Client,
+    /// The gateway's base URL.
     pub gateway: String,
 }
 
+/// The binary `name` of this crate: next to the running executable, or
+/// one directory up (a test binary runs from `target/<profile>/deps`).
 fn binary(name: &str) -> PathBuf {
-    // Cargo builds the crate's binaries for its integration tests.
-    PathBuf::from(match name {
-        "accounts" => env!("CARGO_BIN_EXE_accounts"),
-        "reporting" => env!("CARGO_BIN_EXE_reporting"),
-        "gateway" => env!("CARGO_BIN_EXE_gateway"),
-        other => panic!("no binary {other}"),
-    })
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dir = exe.parent().expect("a directory");
+    let beside = dir.join(name);
+    if beside.exists() {
+        return beside;
+    }
+    dir.parent().map(|d| d.join(name)).unwrap_or(beside)
 }
 
 impl System {
     /// Starts `accounts` accounts instances, `reporting` reporting
     /// instances and one gateway, and waits until the gateway is ready.
+    /// Each logs JSON, spans included, at `info,evently=debug`; `extra`
+    /// variables come last, so they override any of these.
     pub async fn start(accounts: usize, reporting: usize, extra: &[(&str, &str)]) -> System {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut env: Vec<(String, String)> = vec![
@@ -77,6 +89,7 @@ impl System {
             ("EVENTS_PREFIX".into(), format!("ev-{id}")),
             ("LOG_FORMAT".into(), "json".into()),
             ("LOG_SPANS".into(), "1".into()),
+            ("RUST_LOG".into(), "info,evently=debug".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut system = System {
@@ -103,7 +116,6 @@ impl System {
         command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("HTTP_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info,evently=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -250,9 +262,13 @@ impl Drop for System {
 /// An HTTP answer: status, content type and JSON body.
 #[derive(Debug)]
 pub struct Reply {
+    /// The status.
     pub status: u16,
+    /// The content type.
     pub content_type: String,
+    /// The `X-Correlation-Id` header.
     pub correlation: Option<String>,
+    /// The body, as JSON (a string when it is not JSON).
     pub body: serde_json::Value,
 }
 
