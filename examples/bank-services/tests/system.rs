@@ -98,6 +98,19 @@ async fn a_customer_session_through_the_gateway() {
         deposited.correlation.as_deref()
     );
 
+    // The routes are described.
+    let openapi = system.get("/openapi.json").await;
+    let paths = openapi.body["paths"].as_object().unwrap();
+    for path in [
+        "/accounts",
+        "/accounts/{id}/deposits",
+        "/accounts/{id}/history",
+        "/events",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(path), "{path} in {paths:?}");
+    }
+
     // Each process exports its metrics in the Prometheus text format (the
     // replayed deposit answered with its first outcome: accepted).
     for (process, metric) in [
