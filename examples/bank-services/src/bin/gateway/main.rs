@@ -32,22 +32,26 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bank_services::domain::{Account, AccountCommand, Balance, DailyTotals, Ledger};
-use bank_services::queries::{
-    self, DocumentQuery, DocumentReply, HistoryEvent, HistoryQuery, QueryError,
-};
+use bank_services::queries::{self, DocumentQuery, DocumentReply, HistoryEvent, HistoryQuery};
 use bank_services::{runtime, Config};
 use evently::nats::async_nats;
-use evently::nats::{discover, RemoteError, RemoteRepository};
+use evently::nats::{discover, RemoteRepository};
 use evently::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument;
+
+mod openapi;
+mod problem;
+
+use openapi::openapi;
+use problem::Problem;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -159,68 +163,6 @@ impl Gateway {
     }
 }
 
-// ---- problems (RFC 9457) ----
-
-/// An error response: `application/problem+json`.
-#[derive(Debug, Serialize)]
-struct Problem {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: String,
-    status: u16,
-    detail: String,
-    /// The aggregate's own error, for a refused command.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<serde_json::Value>,
-}
-
-impl Problem {
-    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("error").to_owned(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            error: None,
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(&self)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
-    }
-}
-
-impl From<QueryError> for Problem {
-    fn from(e: QueryError) -> Self {
-        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        Problem::new(status, e.detail)
-    }
-}
-
-impl From<RemoteError<bank_services::domain::AccountError>> for Problem {
-    fn from(e: RemoteError<bank_services::domain::AccountError>) -> Self {
-        match e {
-            RemoteError::Rejected(error) => Problem {
-                error: serde_json::to_value(&error).ok(),
-                ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
-            },
-            other => {
-                let status =
-                    StatusCode::from_u16(other.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-                Problem::new(status, other.to_string())
-            }
-        }
-    }
-}
-
 // ---- commands ----
 
 #[derive(Deserialize)]
@@ -281,19 +223,8 @@ async fn deposit(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let handled = async {
-        let body = body.map_err(too_large)?;
-        let AmountBody { amount } = parse(&body)?;
-        let route = format!("POST /accounts/{id}/deposits");
-        let command = AccountCommand::Deposit {
-            id: id.clone(),
-            amount,
-        };
-        gateway
-            .command(&headers, &route, &body, &id, command, StatusCode::OK)
-            .await
-    };
-    handled.await.unwrap_or_else(IntoResponse::into_response)
+    let command = |id, amount| AccountCommand::Deposit { id, amount };
+    movement(&gateway, id, "deposits", command, &headers, body).await
 }
 
 async fn withdraw(
@@ -302,16 +233,27 @@ async fn withdraw(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let command = |id, amount| AccountCommand::Withdraw { id, amount };
+    movement(&gateway, id, "withdrawals", command, &headers, body).await
+}
+
+/// A deposit or a withdrawal: `{"amount": N}` posted to
+/// `/accounts/{id}/<route>`.
+async fn movement(
+    gateway: &Gateway,
+    id: String,
+    route: &str,
+    command: impl FnOnce(String, u64) -> AccountCommand,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let handled = async {
         let body = body.map_err(too_large)?;
         let AmountBody { amount } = parse(&body)?;
-        let route = format!("POST /accounts/{id}/withdrawals");
-        let command = AccountCommand::Withdraw {
-            id: id.clone(),
-            amount,
-        };
+        let route = format!("POST /accounts/{id}/{route}");
+        let command = command(id.clone(), amount);
         gateway
-            .command(&headers, &route, &body, &id, command, StatusCode::OK)
+            .command(headers, &route, &body, &id, command, StatusCode::OK)
             .await
     };
     handled.await.unwrap_or_else(IntoResponse::into_response)
@@ -595,52 +537,4 @@ async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-/// The OpenAPI 3.1 document of the routes.
-async fn openapi() -> Json<serde_json::Value> {
-    let problem = json!({ "description": "a problem (RFC 9457)", "content": { "application/problem+json": {} } });
-    let key = json!({ "name": "Idempotency-Key", "in": "header", "required": true, "schema": { "type": "string", "maxLength": 255 } });
-    let id =
-        json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
-    let wait = [
-        json!({ "name": "min_version", "in": "query", "schema": { "type": "integer", "minimum": 0 } }),
-        json!({ "name": "timeout_ms", "in": "query", "schema": { "type": "integer", "maximum": 30000 } }),
-    ];
-    let amount = json!({ "required": true, "content": { "application/json": { "schema": {
-        "type": "object", "required": ["amount"], "properties": { "amount": { "type": "integer", "minimum": 1 } } } } } });
-    let command = |summary: &str, body: serde_json::Value, params: Vec<serde_json::Value>| {
-        json!({
-            "summary": summary, "parameters": params, "requestBody": body,
-            "responses": { "200": { "description": "the account's version and events" }, "201": { "description": "opened" },
-                "400": problem, "409": problem, "413": problem, "422": problem, "503": problem, "504": problem }
-        })
-    };
-    let read = |summary: &str, params: Vec<serde_json::Value>| {
-        json!({
-            "summary": summary, "parameters": params,
-            "responses": { "200": { "description": "the document and its version" }, "404": problem, "503": problem, "504": problem }
-        })
-    };
-    Json(json!({
-        "openapi": "3.1.0",
-        "info": { "title": "bank gateway", "version": "1.0.0" },
-        "paths": {
-            "/accounts": { "post": command("open an account", json!({ "required": true, "content": { "application/json": { "schema": {
-                "type": "object", "required": ["id", "owner"], "properties": { "id": { "type": "string" }, "owner": { "type": "string" } } } } } }), vec![key.clone()]) },
-            "/accounts/{id}/deposits": { "post": command("deposit", amount.clone(), vec![id.clone(), key.clone()]) },
-            "/accounts/{id}/withdrawals": { "post": command("withdraw", amount, vec![id.clone(), key]) },
-            "/accounts/{id}": { "get": read("the balance", vec![id.clone(), wait[0].clone(), wait[1].clone()]) },
-            "/accounts/{id}/ledger": { "get": read("the movements", vec![id.clone(), wait[0].clone(), wait[1].clone()]) },
-            "/accounts/{id}/history": { "get": read("the events with their metadata", vec![id]) },
-            "/reports/daily/{date}": { "get": read("a day's totals", vec![json!({ "name": "date", "in": "path", "required": true, "schema": { "type": "string", "format": "date" } })]) },
-            "/events": { "get": { "summary": "the accounts events live (Server-Sent Events; resume with Last-Event-ID)", "parameters": [
-                json!({ "name": "from", "in": "query", "schema": { "type": "integer", "minimum": 1 } }),
-                json!({ "name": "Last-Event-ID", "in": "header", "schema": { "type": "integer" } }) ],
-                "responses": { "200": { "description": "text/event-stream" }, "400": problem } } },
-            "/healthz": { "get": { "summary": "alive", "responses": { "200": { "description": "ok" } } } },
-            "/readyz": { "get": { "summary": "NATS and both services answer", "responses": { "200": { "description": "ready" }, "503": { "description": "why not" } } } },
-            "/metrics": { "get": { "summary": "Prometheus text", "responses": { "200": { "description": "metrics" } } } }
-        }
-    }))
 }
