@@ -22,7 +22,7 @@ pub use evently_core::{
 };
 // `#[derive(Projection)]` (the trait is `evently::projection::Projection`).
 pub use evently_core::Projection;
-pub use evently_core::{backend, limits, prelude, projection, telemetry, upcast, view};
+pub use evently_core::{backend, deadline, limits, prelude, projection, telemetry, upcast, view};
 
 // The test kit, the fault-injecting store and the store conformance suite
 // (`evently::testing`, `evently::conformance_suite!`), where `evently-core`'s feature

@@ -65,6 +65,7 @@ extern crate self as evently_core;
 
 mod aggregate;
 pub mod backend;
+pub mod deadline;
 mod error;
 mod event;
 pub mod limits;

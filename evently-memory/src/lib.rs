@@ -53,6 +53,7 @@ use tokio::sync::watch;
 // The capabilities beyond the log: snapshots, command records, correlation
 // reads, the life cycle of streams.
 mod capabilities;
+mod deadlines;
 use uuid::Uuid;
 
 /// How many events a subscriber reads from the log at a time.
@@ -71,6 +72,8 @@ struct Inner {
     /// The global position of the last stored event, published to
     /// subscriptions (kept up to date only while one exists).
     head: watch::Sender<u64>,
+    /// Scheduled deadlines, by owner and name.
+    deadlines: std::sync::Mutex<deadlines::Deadlines>,
 }
 
 impl Default for Inner {
@@ -78,6 +81,7 @@ impl Default for Inner {
         Inner {
             log: RwLock::new(Log::default()),
             head: watch::Sender::new(0),
+            deadlines: Default::default(),
         }
     }
 }

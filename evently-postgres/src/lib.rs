@@ -176,6 +176,7 @@
 // - `projection`, `rebuild`, `view`: read models.
 mod append;
 mod builder;
+mod deadlines;
 mod error;
 mod event_store;
 mod group;

@@ -168,6 +168,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "per-schema stream lock keys, taken in key order",
         include_str!("migration_3_lock_keys.sql"),
     ),
+    (4, "deadlines", include_str!("migration_4_deadlines.sql")),
 ];
 
 /// The last migration released before checksums were recorded: a schema
