@@ -17,12 +17,14 @@ pub use evently_core::{
     Aggregate, AggregateEvent, AsOf, Command, CommandContext, CommandError, CommandOutcome,
     CommandRecord, DecodeError, DecodeErrorKind, EncodeError, Event, EventSource, EventStore,
     EventStream, ExpectedVersion, Journal, JournalEntry, JournalOutcome, Loaded, Metadata,
-    NewEvent, Payload, RecordedEvent, Repository, RetryPolicy, RoutedCommand, Snapshot, Snapshots,
-    StoreError, StreamAppend, StreamId,
+    NewEvent, Payload, ProjectionStore, RecordedEvent, Repository, RetryPolicy, RoutedCommand,
+    Snapshot, Snapshots, StoreError, StreamAppend, StreamId,
 };
 // `#[derive(Projection)]` (the trait is `evently::projection::Projection`).
 pub use evently_core::Projection;
-pub use evently_core::{backend, deadline, limits, prelude, projection, telemetry, upcast, view};
+pub use evently_core::{
+    backend, deadline, limits, prelude, process, projection, telemetry, upcast, view,
+};
 
 // The test kit, the fault-injecting store and the store conformance suite
 // (`evently::testing`, `evently::conformance_suite!`), where `evently-core`'s feature

@@ -44,14 +44,22 @@ async fn due_deadlines_are_claimed_once_per_lease_and_completed_by_their_claim<S
     for d in [&credit, &early, &later] {
         store.schedule(d.clone()).await.unwrap();
     }
-    assert!(store.claim_due(at(0), 10, LEASE).await.unwrap().is_empty());
-    let claimed = store.claim_due(at(30), 10, LEASE).await.unwrap();
+    assert!(store
+        .claim_due("", at(0), 10, LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = store.claim_due("", at(30), 10, LEASE).await.unwrap();
     let ids: Vec<_> = claimed.iter().map(|c| c.deadline.id).collect();
     assert_eq!(ids, [early.id, credit.id], "the due ones, earliest first");
     assert_eq!(claimed[1].deadline, credit, "stored whole");
     assert_eq!(claimed[0].until, at(40));
     // Held: nobody else gets them while the lease runs.
-    assert!(store.claim_due(at(35), 10, LEASE).await.unwrap().is_empty());
+    assert!(store
+        .claim_due("", at(35), 10, LEASE)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(store.complete(early.id, claimed[0].claim).await.unwrap());
     assert!(!store
         .complete(credit.id, uuid::Uuid::now_v7())
@@ -59,7 +67,7 @@ async fn due_deadlines_are_claimed_once_per_lease_and_completed_by_their_claim<S
         .unwrap());
     // The lease lapsed: another runner takes it, and the old claim can no
     // longer complete it.
-    let again = store.claim_due(at(40), 10, LEASE).await.unwrap();
+    let again = store.claim_due("", at(40), 10, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].deadline.id, credit.id);
     assert_ne!(again[0].claim, claimed[1].claim);
@@ -67,7 +75,7 @@ async fn due_deadlines_are_claimed_once_per_lease_and_completed_by_their_claim<S
     assert!(store.complete(credit.id, again[0].claim).await.unwrap());
     assert_eq!(store.pending("transfer-1").await.unwrap(), vec![later]);
     assert!(store.pending("transfer-2").await.unwrap().is_empty());
-    assert_eq!(store.next_due().await.unwrap(), Some(at(60)));
+    assert_eq!(store.next_due("").await.unwrap(), Some(at(60)));
     // A limit holds.
     for n in 0..5 {
         store
@@ -75,7 +83,7 @@ async fn due_deadlines_are_claimed_once_per_lease_and_completed_by_their_claim<S
             .await
             .unwrap();
     }
-    assert_eq!(store.claim_due(at(2), 3, LEASE).await.unwrap().len(), 3);
+    assert_eq!(store.claim_due("", at(2), 3, LEASE).await.unwrap().len(), 3);
 }
 
 async fn scheduling_again_changes_nothing_moving_replaces_and_cancel_removes<S: DeadlineStore>(
@@ -86,20 +94,28 @@ async fn scheduling_again_changes_nothing_moving_replaces_and_cancel_removes<S: 
     store.schedule(first.clone()).await.unwrap();
     assert_eq!(store.pending("order-7").await.unwrap(), vec![first.clone()]);
     // A claimed deadline scheduled again under its id stays claimed.
-    let claimed = store.claim_due(at(30), 10, LEASE).await.unwrap();
+    let claimed = store.claim_due("", at(30), 10, LEASE).await.unwrap();
     store.schedule(first.clone()).await.unwrap();
-    assert!(store.claim_due(at(31), 10, LEASE).await.unwrap().is_empty());
+    assert!(store
+        .claim_due("", at(31), 10, LEASE)
+        .await
+        .unwrap()
+        .is_empty());
     // Moved (another id, same owner and name): one deadline, the new one,
     // unclaimed.
     let moved = deadline("order-7", "payment", 90);
     store.schedule(moved.clone()).await.unwrap();
     assert_eq!(store.pending("order-7").await.unwrap(), vec![moved]);
     assert!(!store.complete(first.id, claimed[0].claim).await.unwrap());
-    assert!(store.claim_due(at(60), 10, LEASE).await.unwrap().is_empty());
+    assert!(store
+        .claim_due("", at(60), 10, LEASE)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(store.cancel("order-7", "payment").await.unwrap());
     assert!(!store.cancel("order-7", "payment").await.unwrap());
     assert!(store.pending("order-7").await.unwrap().is_empty());
-    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(store.next_due("").await.unwrap(), None);
 }
 
 /// 40 deadlines, two runners on one manual clock: each fires once.
@@ -122,6 +138,7 @@ async fn racing_runners_fire_each_deadline_once<S: DeadlineStore>(store: S) {
         run_deadlines(
             store.clone(),
             clock.clone(),
+            "transfer-".to_owned(),
             // A lease longer than the clock's jumps: a handled deadline
             // is completed before its lease could lapse (what a lapse does
             // is the first test's).
@@ -167,12 +184,12 @@ async fn racing_runners_fire_each_deadline_once<S: DeadlineStore>(store: S) {
     }
     // Fired ones are gone (completion follows the handler; wait for it).
     for _ in 0..1_000 {
-        if store.next_due().await.unwrap().is_none() {
+        if store.next_due("").await.unwrap().is_none() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(store.next_due("").await.unwrap(), None);
     one.abort();
     two.abort();
 }
@@ -204,16 +221,22 @@ async fn a_deadline_set_before_a_restart_fires_after_it() {
     let clock = ManualClock::new(start());
     let (fired, mut seen) = tokio::sync::watch::channel(Vec::new());
     let fired = Arc::new(fired);
-    let runner = run_deadlines(after.clone(), clock.clone(), DeadlineOptions::default(), {
-        let fired = Arc::clone(&fired);
-        move |d: Deadline| {
+    let runner = run_deadlines(
+        after.clone(),
+        clock.clone(),
+        String::new(),
+        DeadlineOptions::default(),
+        {
             let fired = Arc::clone(&fired);
-            async move {
-                fired.send_modify(|f| f.push(d));
-                Ok(())
+            move |d: Deadline| {
+                let fired = Arc::clone(&fired);
+                async move {
+                    fired.send_modify(|f| f.push(d));
+                    Ok(())
+                }
             }
-        }
-    });
+        },
+    );
     clock.advance(Duration::from_secs(5));
     tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|f| !f.is_empty()))
         .await

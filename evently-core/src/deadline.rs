@@ -69,10 +69,12 @@ pub trait DeadlineStore: Clone + Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Claims up to `limit` deadlines due at `now` (earliest first) that no
-    /// live claim holds, each until `now + lease`.
+    /// Claims up to `limit` deadlines of owners starting with `prefix`,
+    /// due at `now` (earliest first), that no live claim holds, each until
+    /// `now + lease`.
     fn claim_due(
         &self,
+        prefix: &str,
         now: DateTime<Utc>,
         limit: usize,
         lease: Duration,
@@ -93,9 +95,12 @@ pub trait DeadlineStore: Clone + Send + Sync + 'static {
         owner: &str,
     ) -> impl Future<Output = Result<Vec<Deadline>, StoreError>> + Send;
 
-    /// The earliest due time of any deadline, claimed or not (a runner
-    /// sleeps until then).
-    fn next_due(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+    /// The earliest due time of the deadlines of owners starting with
+    /// `prefix`, claimed or not (a runner sleeps until then).
+    fn next_due(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
 }
 
 /// Where the time comes from.
@@ -185,13 +190,15 @@ impl Default for DeadlineOptions {
     }
 }
 
-/// Runs due deadlines through `handler` until the returned task is
-/// aborted: claims what is due by `clock`, hands each to `handler`, and
+/// Runs the due deadlines of owners starting with `prefix` through
+/// `handler` until the returned task is aborted: claims what is due by
+/// `clock`, hands each to `handler`, and
 /// removes it when the handler succeeds; a deadline whose handler fails is
 /// left to its lease and tried again after it.
 pub fn run_deadlines<S, C, H, F>(
     store: S,
     clock: C,
+    prefix: String,
     options: DeadlineOptions,
     handler: H,
 ) -> tokio::task::JoinHandle<()>
@@ -205,7 +212,10 @@ where
         let mut failures = 0u32;
         loop {
             let now = clock.now();
-            match store.claim_due(now, options.batch, options.lease).await {
+            match store
+                .claim_due(&prefix, now, options.batch, options.lease)
+                .await
+            {
                 Ok(claimed) => {
                     failures = 0;
                     let full = claimed.len() == options.batch;
@@ -235,7 +245,7 @@ where
                     tracing::warn!(%error, failures, "cannot claim deadlines");
                 }
             }
-            let wait = match store.next_due().await {
+            let wait = match store.next_due(&prefix).await {
                 Ok(Some(due)) if due > now => (due - now).to_std().unwrap_or(options.poll),
                 Ok(Some(_)) => options.poll.min(Duration::from_millis(50) * (failures + 1)),
                 _ => options.poll,

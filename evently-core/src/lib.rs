@@ -70,6 +70,7 @@ mod error;
 mod event;
 pub mod limits;
 mod metadata;
+pub mod process;
 pub mod projection;
 mod runtime;
 mod store;
@@ -88,7 +89,8 @@ pub use metadata::{CommandContext, Metadata};
 pub use runtime::{AsOf, CommandOutcome, Journal, Loaded, Repository, RetryPolicy, Snapshots};
 pub use store::{
     CommandRecord, CommandStore, CorrelationStore, EventSource, EventStore, EventStream,
-    JournalEntry, JournalOutcome, Snapshot, SnapshotStore, StreamAppend, StreamLifecycle,
+    JournalEntry, JournalOutcome, ProjectionStore, Snapshot, SnapshotStore, StreamAppend,
+    StreamLifecycle,
 };
 pub use version::{ExpectedVersion, StreamId};
 

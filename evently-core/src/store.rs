@@ -301,6 +301,26 @@ impl<S: EventStore> EventSource for S {
     }
 }
 
+/// A store that runs projections with their checkpoints kept in it: what
+/// the framework's own runners built on projections (process managers)
+/// need of a store, whichever it is. The sink is the store's: PostgreSQL's
+/// transaction, nothing on the memory store.
+pub trait ProjectionStore: Clone + Send + Sync + 'static {
+    /// What a projection's handler writes into.
+    type Sink: Send;
+
+    /// Runs `projection` on `source` from its checkpoint in this store.
+    fn run_projection_on<P, Src>(
+        &self,
+        source: Src,
+        projection: P,
+        options: crate::projection::ProjectionOptions,
+    ) -> crate::projection::ProjectionHandle
+    where
+        P: crate::projection::Projection<Sink = Self::Sink>,
+        Src: EventSource;
+}
+
 /// A store that keeps snapshots of aggregates' state, so
 /// [`crate::Repository::with_snapshots`] can load the latest one and only
 /// the events after it.

@@ -53,6 +53,7 @@ impl DeadlineStore for MemoryStore {
 
     async fn claim_due(
         &self,
+        prefix: &str,
         now: DateTime<Utc>,
         limit: usize,
         lease: Duration,
@@ -62,7 +63,11 @@ impl DeadlineStore for MemoryStore {
         let mut due: Vec<&mut Entry> = deadlines
             .0
             .values_mut()
-            .filter(|(d, claim)| d.due <= now && claim.is_none_or(|(_, until)| until <= now))
+            .filter(|(d, claim)| {
+                d.owner.starts_with(prefix)
+                    && d.due <= now
+                    && claim.is_none_or(|(_, until)| until <= now)
+            })
             .collect();
         due.sort_by_key(|(d, _)| (d.due, d.id));
         Ok(due
@@ -102,7 +107,13 @@ impl DeadlineStore for MemoryStore {
         Ok(pending)
     }
 
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self.deadlines().0.values().map(|(d, _)| d.due).min())
+    async fn next_due(&self, prefix: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .deadlines()
+            .0
+            .values()
+            .filter(|(d, _)| d.owner.starts_with(prefix))
+            .map(|(d, _)| d.due)
+            .min())
     }
 }

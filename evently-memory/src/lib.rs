@@ -44,6 +44,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::Utc;
+use evently_core::projection::MemoryReadModel;
 use evently_core::{
     CommandRecord, EventData, EventStore, EventStream, ExpectedVersion, JournalEntry,
     JournalOutcome, NewEvent, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
@@ -65,6 +66,32 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
     /// The documents of its views, by view name.
     views: evently_core::view::MemoryViews,
+    /// The checkpoints of projections run with `ProjectionStore`, by name.
+    checkpoints: Arc<std::sync::Mutex<HashMap<String, MemoryReadModel<()>>>>,
+}
+
+impl evently_core::ProjectionStore for MemoryStore {
+    type Sink = ();
+
+    fn run_projection_on<P, Src>(
+        &self,
+        source: Src,
+        projection: P,
+        options: evently_core::projection::ProjectionOptions,
+    ) -> evently_core::projection::ProjectionHandle
+    where
+        P: evently_core::projection::Projection<Sink = ()>,
+        Src: evently_core::EventSource,
+    {
+        let model = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(projection.name().to_owned())
+            .or_default()
+            .clone();
+        evently_core::projection::run_projection(source, projection, model, options)
+    }
 }
 
 struct Inner {

@@ -69,6 +69,7 @@ impl DeadlineStore for PgEventStore {
 
     async fn claim_due(
         &self,
+        prefix: &str,
         now: DateTime<Utc>,
         limit: usize,
         lease: Duration,
@@ -79,6 +80,7 @@ impl DeadlineStore for PgEventStore {
         let rows = sqlx::query(&format!(
             "WITH due AS (SELECT owner, name FROM {table} \
                  WHERE due <= $1 AND (claimed_until IS NULL OR claimed_until <= $1) \
+                   AND starts_with(owner, $5) \
                  ORDER BY due, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE {table} d SET claim = $3, claimed_until = $4 FROM due \
              WHERE d.owner = due.owner AND d.name = due.name \
@@ -88,6 +90,7 @@ impl DeadlineStore for PgEventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(claim)
         .bind(until)
+        .bind(prefix)
         .fetch_all(self.pool())
         .await
         .map_err(unavailable_or_backend)?;
@@ -128,11 +131,14 @@ impl DeadlineStore for PgEventStore {
         rows.iter().map(deadline).collect()
     }
 
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    async fn next_due(&self, prefix: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let table = self.deadlines_table();
-        sqlx::query_scalar(&format!("SELECT min(due) FROM {table}"))
-            .fetch_one(self.pool())
-            .await
-            .map_err(unavailable_or_backend)
+        sqlx::query_scalar(&format!(
+            "SELECT min(due) FROM {table} WHERE starts_with(owner, $1)"
+        ))
+        .bind(prefix)
+        .fetch_one(self.pool())
+        .await
+        .map_err(unavailable_or_backend)
     }
 }

@@ -89,7 +89,26 @@ impl PgEventStore {
         };
         run_projection(source, projection, target, options)
     }
+}
 
+impl evently_core::ProjectionStore for PgEventStore {
+    type Sink = PgConnection;
+
+    fn run_projection_on<P, Src>(
+        &self,
+        source: Src,
+        projection: P,
+        options: ProjectionOptions,
+    ) -> ProjectionHandle
+    where
+        P: Projection<Sink = PgConnection>,
+        Src: evently_core::EventSource,
+    {
+        self.run_projection_from(source, projection, options)
+    }
+}
+
+impl PgEventStore {
     /// The checkpoint of a projection (0 if it never ran).
     pub async fn checkpoint(&self, name: &str) -> Result<u64, StoreError> {
         let position: Option<i64> = sqlx::query_scalar(&self.inner.queries.projection_position)

@@ -196,81 +196,94 @@ impl PgEventStore {
     {
         evently_core::backend::check_stream_id(stream_id)?;
         let first = from_version.max(1);
-        let mut expected = first;
-        let mut head = None;
-        let mut rows = sqlx::query(&self.inner.queries.fold_stream)
-            .bind(stream_id.as_str())
-            .bind(to_i64(first))
-            .bind(i64::MAX)
-            .fetch(&self.inner.pool);
-        while let Some(row) = rows.try_next().await.map_err(unavailable_or_backend)? {
-            // The columns' types are this module's own query's: read
-            // without sqlx's per-value type check (a wrong value is still
-            // an error, not undefined behaviour).
-            let version: i64 = row.try_get_unchecked(0).map_err(unavailable_or_backend)?;
-            let version = version as u64;
-            if version != expected {
-                return Err(StoreError::MissingVersion {
-                    stream_id: stream_id.clone(),
-                    missing: expected,
-                    found: Some(version),
+        // A stream created between the read that found no row and the
+        // version read after it (its first append committing in between)
+        // is read once more, not reported as missing its events.
+        let mut looked_again = false;
+        'read: loop {
+            let mut expected = first;
+            let mut head = None;
+            let mut rows = sqlx::query(&self.inner.queries.fold_stream)
+                .bind(stream_id.as_str())
+                .bind(to_i64(first))
+                .bind(i64::MAX)
+                .fetch(&self.inner.pool);
+            while let Some(row) = rows.try_next().await.map_err(unavailable_or_backend)? {
+                // The columns' types are this module's own query's: read
+                // without sqlx's per-value type check (a wrong value is still
+                // an error, not undefined behaviour).
+                let version: i64 = row.try_get_unchecked(0).map_err(unavailable_or_backend)?;
+                let version = version as u64;
+                if version != expected {
+                    return Err(StoreError::MissingVersion {
+                        stream_id: stream_id.clone(),
+                        missing: expected,
+                        found: Some(version),
+                    }
+                    .into());
                 }
-                .into());
+                expected += 1;
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    stream_id: stream_id.clone(),
+                    stream_version: version,
+                    reason,
+                };
+                let position: i64 = row
+                    .try_get_unchecked(1)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let event_type: &str = row
+                    .try_get_unchecked(2)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let schema_version: i32 = row
+                    .try_get_unchecked(3)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let payload: &str = row
+                    .try_get_unchecked(4)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let erased: bool = row
+                    .try_get_unchecked(5)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                head = row
+                    .try_get_unchecked::<Option<i64>, _>(6)
+                    .map_err(unavailable_or_backend)?;
+                let schema_version = u32::try_from(schema_version)
+                    .map_err(|_| corrupt(format!("negative schema version {schema_version}")))?;
+                f(EventData::new(
+                    version,
+                    position as u64,
+                    event_type,
+                    schema_version,
+                    payload,
+                )
+                .with_erased(erased))?;
             }
-            expected += 1;
-            let corrupt = |reason: String| StoreError::Corrupt {
-                stream_id: stream_id.clone(),
-                stream_version: version,
-                reason,
+            drop(rows);
+            // No row: the stream is empty from there, unless its version says
+            // events should be there.
+            let head = match head {
+                Some(head) => Some(head as u64),
+                None if expected == first => {
+                    let version = self.fetch_stream_version(stream_id).await?;
+                    if version >= first && !looked_again {
+                        looked_again = true;
+                        continue 'read;
+                    }
+                    Some(version)
+                }
+                None => None,
             };
-            let position: i64 = row
-                .try_get_unchecked(1)
-                .map_err(|e| corrupt(e.to_string()))?;
-            let event_type: &str = row
-                .try_get_unchecked(2)
-                .map_err(|e| corrupt(e.to_string()))?;
-            let schema_version: i32 = row
-                .try_get_unchecked(3)
-                .map_err(|e| corrupt(e.to_string()))?;
-            let payload: &str = row
-                .try_get_unchecked(4)
-                .map_err(|e| corrupt(e.to_string()))?;
-            let erased: bool = row
-                .try_get_unchecked(5)
-                .map_err(|e| corrupt(e.to_string()))?;
-            head = row
-                .try_get_unchecked::<Option<i64>, _>(6)
-                .map_err(unavailable_or_backend)?;
-            let schema_version = u32::try_from(schema_version)
-                .map_err(|_| corrupt(format!("negative schema version {schema_version}")))?;
-            f(EventData::new(
-                version,
-                position as u64,
-                event_type,
-                schema_version,
-                payload,
-            )
-            .with_erased(erased))?;
-        }
-        drop(rows);
-        // No row: the stream is empty from there, unless its version says
-        // events should be there.
-        let head = match head {
-            Some(head) => Some(head as u64),
-            None if expected == first => Some(self.fetch_stream_version(stream_id).await?),
-            None => None,
-        };
-        if let Some(head) = head {
-            if expected <= head {
-                return Err(StoreError::MissingVersion {
-                    stream_id: stream_id.clone(),
-                    missing: expected,
-                    found: None,
+            if let Some(head) = head {
+                if expected <= head {
+                    return Err(StoreError::MissingVersion {
+                        stream_id: stream_id.clone(),
+                        missing: expected,
+                        found: None,
+                    }
+                    .into());
                 }
-                .into());
             }
+            return Ok(());
         }
-        Ok(())
     }
 
     /// [`evently_core::EventStore::read_correlation`].
