@@ -9,7 +9,8 @@ use std::time::Duration;
 use evently::deadline::{DeadlineStore, ManualClock};
 use evently::prelude::*;
 use evently::process::{
-    run_process, DeadlineChange, Dispatch, Dispatched, ProcessInput, ProcessManager, ProcessOptions,
+    process_status, run_process, DeadlineChange, Dispatch, Dispatched, ProcessInput,
+    ProcessManager, ProcessOptions,
 };
 use evently::ProjectionStore;
 use serde::{Deserialize, Serialize};
@@ -409,9 +410,10 @@ where
         stage_of(&transfers, "t3", Stage::Crediting).await,
         Stage::Crediting
     );
-    let waiting = store.pending("transfer-t3").await.unwrap();
-    assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].name, "credit");
+    let status = process_status(&transfers, "t3").await.unwrap();
+    assert_eq!((status.state.stage, status.version), (Stage::Crediting, 1));
+    assert_eq!(status.waiting.len(), 1);
+    assert_eq!(status.waiting[0].name, "credit");
     // t1's completion cancels its deadline (once the sender has it).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !store.pending("transfer-t1").await.unwrap().is_empty() {
@@ -514,4 +516,186 @@ where
     assert_eq!(store.head_position().await.unwrap(), head);
 }
 
-on_both_stores!(transfers_complete_or_are_compensated_by_refusal_or_deadline);
+/// 1,000 transfers among 20 accounts from 16 tasks, three target accounts
+/// closed mid-run, and the process's runners killed (aborted) 25 times
+/// along the way: the money is all there, every transfer that started is
+/// completed or compensated, and no credit or refund happened twice.
+async fn a_thousand_transfers_survive_closed_accounts_and_killed_runners<S>(store: S)
+where
+    S: EventStore + CommandStore + ProjectionStore + DeadlineStore,
+{
+    const ACCOUNTS: usize = 20;
+    const TRANSFERS: usize = 1_000;
+    let accounts = Repository::<Account, _>::new(store.clone());
+    for n in 0..ACCOUNTS {
+        accounts
+            .execute(AccountCommand::Open {
+                id: format!("a{n}"),
+            })
+            .await
+            .unwrap();
+        accounts
+            .execute(AccountCommand::Deposit {
+                id: format!("a{n}"),
+                amount: 10_000,
+            })
+            .await
+            .unwrap();
+    }
+    let transfers = Repository::<Transfer, _>::new(store.clone());
+    let clock = ManualClock::new(chrono::Utc::now());
+    let start = || {
+        run_process(
+            transfers.clone(),
+            store.clone(),
+            Local {
+                accounts: accounts.clone(),
+                lost: Arc::new(HashSet::new()),
+            },
+            clock.clone(),
+            ProcessOptions::default(),
+        )
+    };
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Sources are a0..a15; a16..a19 only receive, and three of them close.
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let (accounts, sent) = (accounts.clone(), Arc::clone(&sent));
+            tokio::spawn(async move {
+                let mut started = Vec::new();
+                for n in (t..TRANSFERS).step_by(16) {
+                    let from = format!("a{}", n % 16);
+                    let to = format!("a{}", (n % 16 + 1 + (n * 7) % 19) % ACCOUNTS);
+                    let transfer = format!("x{n}");
+                    let command = AccountCommand::Transfer {
+                        id: from,
+                        to,
+                        amount: 1 + (n as u64 * 13) % 50,
+                        transfer: transfer.clone(),
+                    };
+                    match accounts.execute(command).await {
+                        Ok(_) => started.push(transfer),
+                        Err(CommandError::Rejected(AccountError::Insufficient)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                started
+            })
+        })
+        .collect();
+    let mut running = start();
+    let mut kills = 0;
+    let mut closed = false;
+    loop {
+        let done = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if !closed && done >= TRANSFERS / 3 {
+            for id in ["a17", "a18", "a19"] {
+                accounts
+                    .execute(AccountCommand::Close { id: id.into() })
+                    .await
+                    .unwrap();
+            }
+            closed = true;
+        }
+        if kills >= 25 && tasks.iter().all(|t| t.is_finished()) {
+            break;
+        }
+        // Let the runners work a little, then kill them mid-way.
+        tokio::time::sleep(Duration::from_millis(if kills < 25 { 15 } else { 50 })).await;
+        if kills < 25 {
+            running.abort();
+            running = start();
+            kills += 1;
+        }
+    }
+    let mut started = Vec::new();
+    for task in tasks {
+        started.extend(task.await.unwrap());
+    }
+    assert_eq!(started.len(), TRANSFERS, "every debit went through");
+    // Every started transfer ends, completed or compensated.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for transfer in &started {
+        let stage = loop {
+            let stage = transfers.load(transfer).await.unwrap().state.stage.clone();
+            if matches!(stage, Stage::Completed | Stage::Compensated) {
+                break stage;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{transfer} stuck at {stage:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        *outcomes.entry(format!("{stage:?}")).or_insert(0) += 1;
+    }
+    running.stop().await;
+    assert!(
+        outcomes.get("Compensated").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("Completed").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    // The money is all there.
+    let mut total = 0;
+    let mut credits: std::collections::HashMap<String, u32> = Default::default();
+    let mut refunds: std::collections::HashMap<String, u32> = Default::default();
+    for n in 0..ACCOUNTS {
+        let id = format!("a{n}");
+        total += accounts.load(&id).await.unwrap().state.balance;
+        let events = store
+            .read_stream(&StreamId::new(format!("account-{id}")), 1, 100_000)
+            .await
+            .unwrap();
+        for event in events {
+            let data: AccountEvent = serde_json::from_str(&format!(
+                "{{\"{}\":{}}}",
+                event.event_type,
+                event.data.as_str()
+            ))
+            .unwrap_or(AccountEvent::Opened);
+            match data {
+                AccountEvent::TransferCredited { transfer, .. } => {
+                    *credits.entry(transfer).or_default() += 1
+                }
+                AccountEvent::TransferRefunded { transfer, .. } => {
+                    *refunds.entry(transfer).or_default() += 1
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(total, 10_000 * ACCOUNTS as u64, "money made or lost");
+    // No command ran twice, and each transfer ended one way.
+    for transfer in &started {
+        let (c, r) = (
+            credits.get(transfer).copied().unwrap_or(0),
+            refunds.get(transfer).copied().unwrap_or(0),
+        );
+        assert!(
+            (c, r) == (1, 0) || (c, r) == (0, 1),
+            "{transfer}: {c} credits, {r} refunds"
+        );
+    }
+    // No deadline left behind: each was cancelled by the transfer's end.
+    for transfer in started.iter().take(50) {
+        assert!(store
+            .pending(&format!("transfer-{transfer}"))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    eprintln!(
+        "{} transfers: {outcomes:?}, runners killed {kills} times",
+        started.len()
+    );
+}
+
+on_both_stores!(
+    transfers_complete_or_are_compensated_by_refusal_or_deadline,
+    a_thousand_transfers_survive_closed_accounts_and_killed_runners,
+);

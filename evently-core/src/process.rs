@@ -177,6 +177,46 @@ impl ProcessHandles {
         self.reactor.stop().await;
         self.sender.stop().await;
     }
+
+    /// Aborts all three at once, wherever they are (as a crash would).
+    pub fn abort(&self) {
+        self.deadlines.abort();
+        self.reactor.abort();
+        self.sender.abort();
+    }
+}
+
+/// Where a process instance stands: its state (from its own log), its
+/// version, and the deadlines it waits for.
+#[derive(Debug)]
+pub struct ProcessStatus<P> {
+    /// The instance's state.
+    pub state: P,
+    /// Its version (0: never started).
+    pub version: u64,
+    /// The deadlines it waits for, earliest first.
+    pub waiting: Vec<Deadline>,
+}
+
+/// The status of the process instance `id`.
+pub async fn process_status<P, S>(
+    repository: &Repository<P, S>,
+    id: &str,
+) -> Result<ProcessStatus<P>, CommandError<P::Error>>
+where
+    P: ProcessManager,
+    S: EventStore + DeadlineStore,
+{
+    let loaded = repository.load(id).await?;
+    let waiting = repository
+        .store()
+        .pending(P::stream_id(id).as_str())
+        .await?;
+    Ok(ProcessStatus {
+        state: loaded.state,
+        version: loaded.version,
+        waiting,
+    })
 }
 
 /// Runs the process manager `P`: its instances in `repository` (whose
