@@ -169,7 +169,7 @@ enum Stage {
 #[error("nothing to do")]
 struct Ignored;
 
-#[derive(Debug, Default, Aggregate)]
+#[derive(Debug, Default, PartialEq, Aggregate)]
 #[aggregate(
     name = "transfer",
     event = TransferEvent,
@@ -514,6 +514,69 @@ where
     again.sender.wait_for(head, wait).await.unwrap();
     again.stop().await;
     assert_eq!(store.head_position().await.unwrap(), head);
+}
+
+/// The process alone, given/when/then: what it decides, which commands
+/// that sends and which deadlines it sets or cancels.
+#[test]
+fn a_transfer_decides_each_step_given_when_then() {
+    use evently::testing::{given, recorded};
+    let started = TransferEvent::TransferStarted {
+        transfer: "t".into(),
+        from: "a".into(),
+        to: "b".into(),
+        amount: 5,
+    };
+    let debited = AccountEvent::TransferDebited {
+        transfer: "t".into(),
+        to: "b".into(),
+        amount: 5,
+    };
+    given::<Transfer>([])
+        .when(ProcessInput::Event(recorded("account-a", 2, debited)))
+        .then_expect_commands([AccountCommand::Credit {
+            id: "b".into(),
+            amount: 5,
+            transfer: "t".into(),
+        }])
+        .then_expect_deadlines([DeadlineChange::Set {
+            name: "credit".into(),
+            after: Duration::from_secs(30),
+            payload: serde_json::json!({ "transfer": "t" }),
+        }])
+        .then_expect_events([started.clone()]);
+    // No credit in time: refund, and the deadline is done.
+    given::<Transfer>([started.clone()])
+        .when(ProcessInput::Deadline {
+            name: "credit".into(),
+            payload: serde_json::json!({ "transfer": "t" }),
+        })
+        .then_expect_commands([AccountCommand::Refund {
+            id: "a".into(),
+            amount: 5,
+            transfer: "t".into(),
+        }])
+        .then_expect_deadlines([DeadlineChange::Cancel {
+            name: "credit".into(),
+        }])
+        .then_expect_events([TransferEvent::CompensationStarted {
+            transfer: "t".into(),
+            from: "a".into(),
+            amount: 5,
+            reason: "the credit did not come in time".into(),
+        }]);
+    // A completed transfer declines a late deadline.
+    given::<Transfer>([
+        started,
+        TransferEvent::TransferCompleted {
+            transfer: "t".into(),
+        },
+    ])
+    .when(ProcessInput::Deadline {
+        name: "credit".into(),
+        payload: serde_json::json!({ "transfer": "t" }),
+    })
+    .then_expect_error_matching(|_: &Ignored| true);
 }
 
 /// 1,000 transfers among 20 accounts from 16 tasks, three target accounts

@@ -9,4 +9,4 @@ mod scenario;
 pub mod telemetry;
 
 pub use faulty::FaultyStore;
-pub use scenario::{given, Scenario, ThenExpect};
+pub use scenario::{given, recorded, Scenario, ThenExpect};

@@ -287,6 +287,69 @@ where
     }
 }
 
+impl<P> ThenExpect<P>
+where
+    P: crate::process::ProcessManager + Debug,
+    P::Event: PartialEq + Debug,
+    P::Error: Debug,
+    P::Output: PartialEq,
+{
+    /// For a process manager: asserts the commands its decision's events
+    /// send ([`ProcessManager::commands`](crate::process::ProcessManager::commands)),
+    /// in order; chain the other assertions after it.
+    #[track_caller]
+    pub fn then_expect_commands(self, expected: impl IntoIterator<Item = P::Output>) -> Self {
+        let expected: Vec<P::Output> = expected.into_iter().collect();
+        let sent: Vec<P::Output> = self.decided().iter().flat_map(P::commands).collect();
+        assert!(
+            sent == expected,
+            "the decision sends other commands than expected:\n  expected: {expected:#?}\n  sent:     {sent:#?}"
+        );
+        self
+    }
+
+    /// For a process manager: asserts the deadlines its decision's events
+    /// set and cancel, in order.
+    #[track_caller]
+    pub fn then_expect_deadlines(
+        self,
+        expected: impl IntoIterator<Item = crate::process::DeadlineChange>,
+    ) -> Self {
+        let expected: Vec<_> = expected.into_iter().collect();
+        let changed: Vec<_> = self.decided().iter().flat_map(P::deadlines).collect();
+        assert!(
+            changed == expected,
+            "the decision changes other deadlines than expected:\n  expected: {expected:#?}\n  changed:  {changed:#?}"
+        );
+        self
+    }
+
+    #[track_caller]
+    fn decided(&self) -> &[P::Event] {
+        match &self.result {
+            Ok(events) => events,
+            Err(error) => panic!("expected a decision, but the input was refused: {error:?}"),
+        }
+    }
+}
+
+/// An event as a store would hand it over, for a process manager's
+/// [`ProcessInput::Event`](crate::process::ProcessInput::Event) in a
+/// scenario: the `version`th event of `stream`, correlated to nothing.
+pub fn recorded<E: Event>(stream: &str, version: u64, event: E) -> crate::event::RecordedEvent<E> {
+    crate::event::RecordedEvent {
+        event_id: uuid::Uuid::now_v7(),
+        stream_id: crate::version::StreamId::from(stream),
+        stream_version: version,
+        global_position: version,
+        event_type: event.event_type().into(),
+        schema_version: event.schema_version(),
+        data: event,
+        metadata: crate::metadata::Metadata::new(),
+        recorded_at: chrono::Utc::now(),
+    }
+}
+
 fn round_trip<E: Event>(event: &E) -> E {
     let payload = event
         .encode()
