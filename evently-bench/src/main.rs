@@ -22,6 +22,7 @@ mod floors;
 mod nats;
 mod report;
 mod support;
+mod transfers;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -143,6 +144,9 @@ struct SizeArgs {
     /// W10 commands from 8 clients [4000].
     #[arg(long)]
     w10_commands: Option<usize>,
+    /// W11 transfers through the process manager [2000].
+    #[arg(long)]
+    w11_transfers: Option<usize>,
 }
 
 /// The resolved sizes.
@@ -166,6 +170,7 @@ struct Sizes {
     w8_events: usize,
     w9_events: usize,
     w10_commands: usize,
+    w11_transfers: usize,
 }
 
 impl Sizes {
@@ -193,6 +198,7 @@ impl Sizes {
             w8_events: count(args.w8_events, 20_000, 100),
             w9_events: count(args.w9_events, 5_000, 100),
             w10_commands: count(args.w10_commands, 4_000, 80),
+            w11_transfers: count(args.w11_transfers, 2_000, 40),
         }
     }
 }
@@ -211,6 +217,7 @@ const GROUPS: &[&[&str]] = &[
     &["F5", "W8"],
     &["W9"],
     &["W10-local", "W10-1", "W10-2", "W10-3"],
+    &["W11"],
 ];
 
 /// Each framework workload and the floor it is measured against; their
@@ -332,6 +339,7 @@ async fn run_item(ctx: Context, item: String) -> Result<Vec<Measurement>, BoxErr
         "W10-1" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 1, ctx.setup).await?),
         "W10-2" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 2, ctx.setup).await?),
         "W10-3" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 3, ctx.setup).await?),
+        "W11" => one(transfers::w11(url, s.w11_transfers, ctx.setup).await?),
         other => Err(format!("no such workload or floor: {other}").into()),
     }
 }

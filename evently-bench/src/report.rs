@@ -265,6 +265,14 @@ const ROWS: &[Row] = &[
         target_text: "reported",
     },
     Row {
+        label:
+            "W11 transfers through a process manager on PostgreSQL, transfers/s (4 commands each)",
+        framework: Some("W11"),
+        floor: None,
+        target: Target::None,
+        target_text: "reported",
+    },
+    Row {
         label: "F2 100 events per transaction, events/s (reference)",
         framework: None,
         floor: Some("F2"),
