@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use evently::deadline::SystemClock;
 use evently::prelude::*;
-use evently::process::{
-    run_process, DeadlineChange, Dispatch, Dispatched, ProcessInput, ProcessManager, ProcessOptions,
-};
+use evently::process::{run_process, DeadlineChange, ProcessInput, ProcessManager, ProcessOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::report::Measurement;
@@ -188,23 +186,6 @@ impl ProcessManager for Move {
     }
 }
 
-#[derive(Clone)]
-struct Local(Repository<Ledger, evently_postgres::PgEventStore>);
-
-impl Dispatch<LedgerCommand> for Local {
-    async fn send(
-        &self,
-        command: LedgerCommand,
-        context: CommandContext,
-    ) -> Result<Dispatched, String> {
-        match self.0.execute_with(command, context).await {
-            Ok(_) => Ok(Dispatched::Done),
-            Err(CommandError::Rejected(e)) => Ok(Dispatched::Refused(e.to_string())),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
 /// W11: `transfers` transfers among 20 accounts from 16 tasks; timed from
 /// the first debit to the last process completed; transfers/s.
 pub async fn w11(url: &str, transfers: usize, setup: Setup) -> Result<Measurement, BoxError> {
@@ -223,7 +204,7 @@ pub async fn w11(url: &str, transfers: usize, setup: Setup) -> Result<Measuremen
     let running = run_process(
         moves,
         store.clone(),
-        Local(ledgers.clone()),
+        ledgers.clone(),
         SystemClock,
         ProcessOptions::default(),
     );

@@ -83,8 +83,8 @@ where
 /// A deadline an event of the process sets or cancels.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeadlineChange {
-    /// Fire `name` after `after` (from when the sender handles the event),
-    /// with `payload`. Setting it again moves it.
+    /// Fire `name` `after` the event that sets it was recorded, with
+    /// `payload`. Setting it again moves it.
     Set {
         /// The deadline's name, unique within the instance.
         name: String,
@@ -147,6 +147,28 @@ pub trait Dispatch<C>: Clone + Send + Sync + 'static {
         command: C,
         context: CommandContext,
     ) -> impl Future<Output = Result<Dispatched, String>> + Send;
+}
+
+/// A repository sends its own aggregate's commands: accepted is
+/// [`Dispatched::Done`], the aggregate's refusal [`Dispatched::Refused`]
+/// with its text, anything else an error to retry.
+impl<A, S> Dispatch<A::Command> for Repository<A, S>
+where
+    A: Aggregate,
+    A::Command: crate::aggregate::RoutedCommand,
+    S: EventStore + CommandStore,
+{
+    async fn send(
+        &self,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<Dispatched, String> {
+        match self.execute_with(command, context).await {
+            Ok(_) => Ok(Dispatched::Done),
+            Err(CommandError::Rejected(error)) => Ok(Dispatched::Refused(error.to_string())),
+            Err(error) => Err(error.to_string()),
+        }
+    }
 }
 
 /// How a process runs.
@@ -236,7 +258,7 @@ where
     S: EventStore + CommandStore + ProjectionStore + DeadlineStore,
     Src: EventSource,
     D: Dispatch<P::Output>,
-    C: Clock + Clone,
+    C: Clock,
 {
     let store = repository.store().clone();
     let reactor = store.run_projection_on(
@@ -250,11 +272,10 @@ where
     );
     let sender = store.run_projection_on(
         store.clone(),
-        Sender::<P, S, D, C, S::Sink> {
+        Sender::<P, S, D, S::Sink> {
             name: format!("process_{}_sender", P::TYPE),
             repository: repository.clone(),
             dispatch,
-            clock: clock.clone(),
             _sink: PhantomData,
         },
         options.projection,
@@ -336,20 +357,18 @@ where
 }
 
 /// The process's own events → its commands sent, its deadlines set.
-struct Sender<P: ProcessManager, S, D, C, K> {
+struct Sender<P: ProcessManager, S, D, K> {
     name: String,
     repository: Repository<P, S>,
     dispatch: D,
-    clock: C,
     _sink: PhantomData<fn() -> K>,
 }
 
-impl<P, S, D, C, K> Projection for Sender<P, S, D, C, K>
+impl<P, S, D, K> Projection for Sender<P, S, D, K>
 where
     P: ProcessManager,
     S: EventStore + CommandStore + DeadlineStore,
     D: Dispatch<P::Output>,
-    C: Clock + Clone,
     K: Send + 'static,
 {
     type Event = P::Event;
@@ -392,7 +411,7 @@ where
                     let deadline = Deadline {
                         id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &key),
                         owner: owner.clone(),
-                        due: self.clock.now()
+                        due: event.recorded_at
                             + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
                         name,
                         payload,

@@ -291,3 +291,29 @@ where
         })
     }
 }
+
+/// A remote repository sends a process manager's commands to another
+/// service: its aggregate's refusal comes back as
+/// [`Dispatched::Refused`](evently_core::process::Dispatched::Refused);
+/// a time-out, no instance or a failure is an error the process's sender
+/// retries, under the same command id.
+impl<A> evently_core::process::Dispatch<A::Command> for RemoteRepository<A>
+where
+    A: Aggregate,
+    A::Command: serde::Serialize,
+    A::Error: serde::de::DeserializeOwned,
+{
+    async fn send(
+        &self,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<evently_core::process::Dispatched, String> {
+        match self.execute_with(command, context).await {
+            Ok(_) => Ok(evently_core::process::Dispatched::Done),
+            Err(RemoteError::Rejected(error)) => Ok(evently_core::process::Dispatched::Refused(
+                error.to_string(),
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
