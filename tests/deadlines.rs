@@ -200,9 +200,10 @@ on_both_stores!(
     racing_runners_fire_each_deadline_once,
 );
 
-/// Set by one process, fired by the next: the table outlives the handle.
+/// Set by one process, fired once by the next two racing for it: the
+/// table outlives the handle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deadline_set_before_a_restart_fires_after_it() {
+async fn a_deadline_set_before_a_restart_fires_after_it_once_with_two_runners_racing() {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let schema = format!("es_test_{}", uuid::Uuid::now_v7().simple());
@@ -217,31 +218,43 @@ async fn a_deadline_set_before_a_restart_fires_after_it() {
     before.pool().close().await;
     drop(before);
 
+    // After the restart, two runners (two processes' worth) race for it.
     let after = connect().await.unwrap();
     let clock = ManualClock::new(start());
     let (fired, mut seen) = tokio::sync::watch::channel(Vec::new());
     let fired = Arc::new(fired);
-    let runner = run_deadlines(
-        after.clone(),
-        clock.clone(),
-        String::new(),
-        DeadlineOptions::default(),
-        {
-            let fired = Arc::clone(&fired);
+    let runner = || {
+        let fired = Arc::clone(&fired);
+        run_deadlines(
+            after.clone(),
+            clock.clone(),
+            String::new(),
+            DeadlineOptions::default(),
             move |d: Deadline| {
                 let fired = Arc::clone(&fired);
                 async move {
                     fired.send_modify(|f| f.push(d));
                     Ok(())
                 }
-            }
-        },
-    );
+            },
+        )
+    };
+    let (one, two) = (runner(), runner());
     clock.advance(Duration::from_secs(5));
     tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|f| !f.is_empty()))
         .await
         .expect("it fires after the restart")
         .unwrap();
-    runner.abort();
+    // Fired and completed: gone, so neither runner can take it again.
+    for _ in 0..1_000 {
+        if after.next_due("").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(after.next_due("").await.unwrap(), None);
+    clock.advance(Duration::from_secs(3_600));
+    one.abort();
+    two.abort();
     assert_eq!(*fired.borrow(), [set]);
 }
