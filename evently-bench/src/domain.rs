@@ -1,4 +1,4 @@
-//! The bank-account domain of `examples/bank_account.rs` (open, deposit,
+//! The bank-account domain of `examples/bank_account/main.rs` (open, deposit,
 //! withdraw), with the state serialisable so that W4 can snapshot it, and
 //! the payload shapes the hand-written floors decode by themselves.
 

@@ -1,6 +1,11 @@
 //! A bank account, event-sourced: open, deposit, withdraw. Withdrawing more
 //! than the balance is refused with a domain error.
 //!
+//! Transfers between accounts run through a process manager: the source
+//! sends the money, the process credits the target, and when the target
+//! refuses (an account never opened) or the credit does not come within
+//! 30 s, it returns the money to the source.
+//!
 //! A view keeps a read model — one document per account with its owner and
 //! balance — current from the log, and the example answers from it: the
 //! same view type on both stores.
@@ -13,28 +18,78 @@
 
 use std::time::Duration;
 
+use evently::deadline::{DeadlineStore, SystemClock};
 use evently::memory::MemoryStore;
 use evently::prelude::*;
+use evently::process::{process_status, run_process, ProcessOptions};
 use evently::projection::ProjectionOptions;
 use evently::view::{View, ViewStore};
+use evently::ProjectionStore;
 use evently_postgres::sqlx;
 use evently_postgres::PgEventStore;
 use serde::{Deserialize, Serialize};
 
+mod transfer;
+use transfer::{Stage, Transfer};
+
 /// What happened to an account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 pub enum AccountEvent {
-    Opened { owner: String },
-    Deposited { amount: u64 },
-    Withdrew { amount: u64 },
+    Opened {
+        owner: String,
+    },
+    Deposited {
+        amount: u64,
+    },
+    Withdrew {
+        amount: u64,
+    },
+    TransferSent {
+        transfer: String,
+        to: String,
+        amount: u64,
+    },
+    TransferReceived {
+        transfer: String,
+        amount: u64,
+    },
+    TransferReturned {
+        transfer: String,
+        amount: u64,
+    },
 }
 
 /// What a client asks of an account; `id` names the account.
-#[derive(Debug, Clone, Command)]
+#[derive(Debug, Clone, PartialEq, Command)]
 pub enum AccountCommand {
-    Open { id: String, owner: String },
-    Deposit { id: String, amount: u64 },
-    Withdraw { id: String, amount: u64 },
+    Open {
+        id: String,
+        owner: String,
+    },
+    Deposit {
+        id: String,
+        amount: u64,
+    },
+    Withdraw {
+        id: String,
+        amount: u64,
+    },
+    Transfer {
+        id: String,
+        to: String,
+        amount: u64,
+        transfer: String,
+    },
+    Receive {
+        id: String,
+        amount: u64,
+        transfer: String,
+    },
+    Return {
+        id: String,
+        amount: u64,
+        transfer: String,
+    },
 }
 
 /// Why an account refuses a command.
@@ -65,23 +120,53 @@ impl Account {
             Open { .. } if self.open => Err(AccountError::AlreadyOpen),
             Open { owner, .. } => Ok(vec![AccountEvent::Opened { owner }]),
             _ if !self.open => Err(AccountError::NotOpen),
-            Deposit { amount: 0, .. } | Withdraw { amount: 0, .. } => Err(AccountError::ZeroAmount),
+            Deposit { amount: 0, .. } | Withdraw { amount: 0, .. } | Transfer { amount: 0, .. } => {
+                Err(AccountError::ZeroAmount)
+            }
             Deposit { amount, .. } => Ok(vec![AccountEvent::Deposited { amount }]),
-            Withdraw { amount, .. } if amount > self.balance => {
+            Withdraw { amount, .. } | Transfer { amount, .. } if amount > self.balance => {
                 Err(AccountError::InsufficientFunds {
                     balance: self.balance,
                     requested: amount,
                 })
             }
             Withdraw { amount, .. } => Ok(vec![AccountEvent::Withdrew { amount }]),
+            Transfer {
+                to,
+                amount,
+                transfer,
+                ..
+            } => Ok(vec![AccountEvent::TransferSent {
+                transfer,
+                to,
+                amount,
+            }]),
+            Receive {
+                amount, transfer, ..
+            } => Ok(vec![AccountEvent::TransferReceived { transfer, amount }]),
+            Return {
+                amount, transfer, ..
+            } => Ok(vec![AccountEvent::TransferReturned { transfer, amount }]),
         }
     }
 
     fn apply(&mut self, event: &AccountEvent) {
-        match event {
-            AccountEvent::Opened { .. } => self.open = true,
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
+        if let AccountEvent::Opened { .. } = event {
+            self.open = true;
+        }
+        self.balance = balance_after(self.balance, event);
+    }
+}
+
+/// An account's balance after `event`.
+fn balance_after(balance: u64, event: &AccountEvent) -> u64 {
+    match event {
+        AccountEvent::Opened { .. } => balance,
+        AccountEvent::Deposited { amount }
+        | AccountEvent::TransferReceived { amount, .. }
+        | AccountEvent::TransferReturned { amount, .. } => balance + amount,
+        AccountEvent::Withdrew { amount } | AccountEvent::TransferSent { amount, .. } => {
+            balance - amount
         }
     }
 }
@@ -98,11 +183,10 @@ impl View for AccountView {
     type Event = AccountEvent;
 
     fn apply(&mut self, event: &RecordedEvent<AccountEvent>) {
-        match &event.data {
-            AccountEvent::Opened { owner } => self.owner = owner.clone(),
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
+        if let AccountEvent::Opened { owner } = &event.data {
+            self.owner = owner.clone();
         }
+        self.balance = balance_after(self.balance, &event.data);
     }
 }
 
@@ -129,9 +213,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the commands on `store`, then answers from the view.
-async fn run_with_view<S: EventStore + ViewStore + CommandStore>(
-    store: S,
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn run_with_view<S>(store: S) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: EventStore + ViewStore + CommandStore + ProjectionStore + DeadlineStore,
+{
     let accounts = store
         .run_view::<AccountView>("accounts", ProjectionOptions::default())
         .await?;
@@ -154,7 +239,10 @@ async fn run_with_view<S: EventStore + ViewStore + CommandStore>(
 
 /// Runs the commands and prints what happened; returns the global position
 /// of the last stored event.
-async fn run<S: EventStore + CommandStore>(store: S) -> Result<u64, Box<dyn std::error::Error>> {
+async fn run<S>(store: S) -> Result<u64, Box<dyn std::error::Error>>
+where
+    S: EventStore + CommandStore + ProjectionStore + DeadlineStore,
+{
     let accounts = Repository::<Account, _>::new(store.clone());
 
     let commands = [
@@ -200,6 +288,55 @@ async fn run<S: EventStore + CommandStore>(store: S) -> Result<u64, Box<dyn std:
             Err(other) => return Err(other.into()),
         }
     }
+
+    // Transfers: a process manager follows the log, credits the target
+    // through the accounts' repository, and returns the money when the
+    // target refuses (carol has no account).
+    println!("\n== transfers, through the process manager `transfer` ==");
+    let transfers = Repository::<Transfer, _>::new(store.clone());
+    let running = run_process(
+        transfers.clone(),
+        store.clone(),
+        accounts.clone(),
+        SystemClock,
+        ProcessOptions::default(),
+    );
+    for (transfer, to, amount) in [("t-1", "bob", 20), ("t-2", "carol", 15)] {
+        let command = AccountCommand::Transfer {
+            id: "alice".into(),
+            to: to.into(),
+            amount,
+            transfer: transfer.into(),
+        };
+        println!("> {command:?}");
+        accounts.execute(command).await?;
+    }
+    for transfer in ["t-1", "t-2"] {
+        let status = loop {
+            let status = process_status(&transfers, transfer).await?;
+            if matches!(status.state.stage, Stage::Completed | Stage::Reversed) {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        println!("  {transfer}: {:?}", status.state.stage);
+        for e in store
+            .read_stream(&Transfer::stream_id(transfer), 1, 100)
+            .await?
+        {
+            println!(
+                "    v{} {} {} (caused by {})",
+                e.stream_version,
+                e.event_type,
+                e.data,
+                e.metadata
+                    .causation_id
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    running.stop().await;
 
     println!("\n== the global log ==");
     let log = store.read_all(1, usize::MAX).await?;
@@ -311,6 +448,55 @@ mod tests {
         });
     }
 
+    #[test]
+    fn a_transfer_credits_the_target_and_returns_the_money_when_it_is_refused() {
+        use crate::transfer::TransferEvent;
+        use evently::process::{DeadlineChange, ProcessInput};
+        use evently::testing::recorded;
+        let sent = AccountEvent::TransferSent {
+            transfer: "t".into(),
+            to: "bob".into(),
+            amount: 20,
+        };
+        let started = TransferEvent::Started {
+            transfer: "t".into(),
+            from: "alice".into(),
+            to: "bob".into(),
+            amount: 20,
+        };
+        given::<Transfer>([])
+            .when(ProcessInput::Event(recorded("account-alice", 3, sent)))
+            .then_expect_commands([AccountCommand::Receive {
+                id: "bob".into(),
+                amount: 20,
+                transfer: "t".into(),
+            }])
+            .then_expect_events([started.clone()]);
+        given::<Transfer>([started])
+            .when(ProcessInput::Refused {
+                command: AccountCommand::Receive {
+                    id: "bob".into(),
+                    amount: 20,
+                    transfer: "t".into(),
+                },
+                reason: "the account is not open".into(),
+            })
+            .then_expect_commands([AccountCommand::Return {
+                id: "alice".into(),
+                amount: 20,
+                transfer: "t".into(),
+            }])
+            .then_expect_deadlines([DeadlineChange::Cancel {
+                name: "credit".into(),
+            }])
+            .then_expect_events([TransferEvent::Failed {
+                transfer: "t".into(),
+                from: "alice".into(),
+                amount: 20,
+                reason: "the account is not open".into(),
+            }]);
+    }
+
     #[tokio::test]
     async fn the_example_runs_against_the_memory_store() {
         let store = MemoryStore::new();
@@ -371,8 +557,8 @@ mod tests {
         assert_eq!(
             accounts,
             [
-                ("alice".to_owned(), "Alice".to_owned(), 70),
-                ("bob".to_owned(), "Bob".to_owned(), 25)
+                ("alice".to_owned(), "Alice".to_owned(), 50),
+                ("bob".to_owned(), "Bob".to_owned(), 45)
             ]
         );
     }
