@@ -22,6 +22,29 @@ pub enum AccountEvent {
         /// How much, in cents.
         amount: u64,
     },
+    /// Money left for another account (a transfer's first step).
+    TransferSent {
+        /// The transfer.
+        transfer: String,
+        /// The target account.
+        to: String,
+        /// How much, in cents.
+        amount: u64,
+    },
+    /// Money came in from another account.
+    TransferReceived {
+        /// The transfer.
+        transfer: String,
+        /// How much, in cents.
+        amount: u64,
+    },
+    /// Money sent by a transfer that failed came back.
+    TransferReturned {
+        /// The transfer.
+        transfer: String,
+        /// How much, in cents.
+        amount: u64,
+    },
 }
 
 /// What can be asked of an account; travels as JSON.
@@ -47,6 +70,35 @@ pub enum AccountCommand {
         id: String,
         /// How much, in cents.
         amount: u64,
+    },
+    /// Send money to another account: the transfer process does the rest.
+    Transfer {
+        /// The source account.
+        id: String,
+        /// The target account.
+        to: String,
+        /// How much, in cents.
+        amount: u64,
+        /// The transfer's id.
+        transfer: String,
+    },
+    /// Take in a transfer's money (sent by the transfer process).
+    Receive {
+        /// The target account.
+        id: String,
+        /// How much, in cents.
+        amount: u64,
+        /// The transfer.
+        transfer: String,
+    },
+    /// Take back a failed transfer's money (sent by the transfer process).
+    Return {
+        /// The source account.
+        id: String,
+        /// How much, in cents.
+        amount: u64,
+        /// The transfer.
+        transfer: String,
     },
 }
 
@@ -87,23 +139,53 @@ impl Account {
             Open { .. } if self.open => Err(AccountError::AlreadyOpen),
             Open { owner, .. } => Ok(vec![AccountEvent::Opened { owner }]),
             _ if !self.open => Err(AccountError::NotOpen),
-            Deposit { amount: 0, .. } | Withdraw { amount: 0, .. } => Err(AccountError::ZeroAmount),
+            Deposit { amount: 0, .. } | Withdraw { amount: 0, .. } | Transfer { amount: 0, .. } => {
+                Err(AccountError::ZeroAmount)
+            }
             Deposit { amount, .. } => Ok(vec![AccountEvent::Deposited { amount }]),
-            Withdraw { amount, .. } if amount > self.balance => {
+            Withdraw { amount, .. } | Transfer { amount, .. } if amount > self.balance => {
                 Err(AccountError::InsufficientFunds {
                     balance: self.balance,
                     requested: amount,
                 })
             }
             Withdraw { amount, .. } => Ok(vec![AccountEvent::Withdrew { amount }]),
+            Transfer {
+                to,
+                amount,
+                transfer,
+                ..
+            } => Ok(vec![AccountEvent::TransferSent {
+                transfer,
+                to,
+                amount,
+            }]),
+            Receive {
+                amount, transfer, ..
+            } => Ok(vec![AccountEvent::TransferReceived { transfer, amount }]),
+            Return {
+                amount, transfer, ..
+            } => Ok(vec![AccountEvent::TransferReturned { transfer, amount }]),
         }
     }
 
     fn apply(&mut self, event: &AccountEvent) {
-        match event {
-            AccountEvent::Opened { .. } => self.open = true,
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
+        if let AccountEvent::Opened { .. } = event {
+            self.open = true;
+        }
+        self.balance = balance_after(self.balance, event);
+    }
+}
+
+/// An account's balance after `event`.
+fn balance_after(balance: u64, event: &AccountEvent) -> u64 {
+    match event {
+        AccountEvent::Opened { .. } => balance,
+        AccountEvent::Deposited { amount }
+        | AccountEvent::TransferReceived { amount, .. }
+        | AccountEvent::TransferReturned { amount, .. } => balance + amount,
+        AccountEvent::Withdrew { amount } | AccountEvent::TransferSent { amount, .. } => {
+            balance - amount
         }
     }
 }
@@ -123,11 +205,10 @@ impl View for Balance {
     type Event = AccountEvent;
 
     fn apply(&mut self, event: &RecordedEvent<AccountEvent>) {
-        match &event.data {
-            AccountEvent::Opened { owner } => self.owner = owner.clone(),
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
+        if let AccountEvent::Opened { owner } = &event.data {
+            self.owner = owner.clone();
         }
+        self.balance = balance_after(self.balance, &event.data);
     }
 }
 
@@ -157,12 +238,16 @@ impl View for Ledger {
     type Event = AccountEvent;
 
     fn apply(&mut self, event: &RecordedEvent<AccountEvent>) {
-        let balance = self.entries.last().map_or(0, |e| e.balance);
-        let (kind, amount, balance) = match event.data {
-            AccountEvent::Deposited { amount } => ("deposit", amount, balance + amount),
-            AccountEvent::Withdrew { amount } => ("withdrawal", amount, balance - amount),
+        let before = self.entries.last().map_or(0, |e| e.balance);
+        let (kind, amount) = match &event.data {
+            AccountEvent::Deposited { amount } => ("deposit", *amount),
+            AccountEvent::Withdrew { amount } => ("withdrawal", *amount),
+            AccountEvent::TransferSent { amount, .. } => ("transfer out", *amount),
+            AccountEvent::TransferReceived { amount, .. } => ("transfer in", *amount),
+            AccountEvent::TransferReturned { amount, .. } => ("transfer returned", *amount),
             AccountEvent::Opened { .. } => return,
         };
+        let balance = balance_after(before, &event.data);
         self.entries.push(Entry {
             version: event.stream_version,
             kind: kind.to_owned(),
@@ -190,8 +275,10 @@ impl View for DailyTotals {
 
     fn key(event: &RecordedEvent<AccountEvent>) -> Option<String> {
         match event.data {
-            AccountEvent::Opened { .. } => None,
-            _ => Some(event.recorded_at.date_naive().to_string()),
+            AccountEvent::Deposited { .. } | AccountEvent::Withdrew { .. } => {
+                Some(event.recorded_at.date_naive().to_string())
+            }
+            _ => None,
         }
     }
 
@@ -199,7 +286,8 @@ impl View for DailyTotals {
         match event.data {
             AccountEvent::Deposited { amount } => self.deposited += amount,
             AccountEvent::Withdrew { amount } => self.withdrawn += amount,
-            AccountEvent::Opened { .. } => return,
+            // Money moving between accounts is neither in nor out of the bank.
+            _ => return,
         }
         self.movements += 1;
     }

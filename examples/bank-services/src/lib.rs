@@ -23,6 +23,7 @@ pub mod load;
 pub mod queries;
 pub mod runtime;
 pub mod system;
+pub mod transfer;
 
 pub use config::Config;
 

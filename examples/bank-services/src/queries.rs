@@ -68,6 +68,30 @@ pub struct HistoryEvent {
     pub recorded_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A query for a transfer's status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferQuery {
+    /// The transfer id.
+    pub id: String,
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// The transfer id.
+    pub id: String,
+    /// `Crediting`, `Completed`, `Reversing` or `Reversed`.
+    pub stage: crate::transfer::Stage,
+    /// The source account.
+    pub from: String,
+    /// The amount, in cents.
+    pub amount: u64,
+    /// The process instance's version.
+    pub version: u64,
+    /// The deadlines it waits for, by name, with when they come.
+    pub waiting: Vec<(String, chrono::DateTime<chrono::Utc>)>,
+}
+
 /// A query that failed: its status (404, 504, 500) and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{status}: {detail}")]

@@ -570,3 +570,82 @@ async fn sigterm_lets_requests_in_flight_finish_then_stops_cleanly() {
     let accounts = system.process("accounts");
     assert!(accounts.terminate().await.success());
 }
+
+/// A transfer's stage, polled until it is `wanted` (10 s at most).
+async fn transfer_reaches(system: &System, location: &str, wanted: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = system.get(location).await;
+        if status.status == 200 && status.body["stage"] == wanted {
+            return status.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{location}: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_complete_or_are_reversed_by_the_process_manager() {
+    let system = System::start(1, 1, &[]).await;
+    for (id, key) in [("ann", "open-ann"), ("bob", "open-bob")] {
+        system
+            .post("/accounts", key, json!({"id": id, "owner": id}))
+            .await;
+    }
+    system
+        .post("/accounts/ann/deposits", "ann-1", json!({"amount": 100}))
+        .await;
+    let send = |key: &'static str, to: &'static str, amount: u64| {
+        let (http, url) = (system.http.clone(), format!("{}/transfers", system.gateway));
+        async move {
+            let response = http
+                .post(url)
+                .header("Idempotency-Key", key)
+                .json(&json!({"from": "ann", "to": to, "amount": amount}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 202);
+            response.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    let to_bob = send("tr-1", "bob", 30).await;
+    let done = transfer_reaches(&system, &to_bob, "Completed").await;
+    assert_eq!(
+        (done["from"].as_str(), &done["amount"]),
+        (Some("ann"), &json!(30))
+    );
+    assert_eq!(done["waiting"], json!([]), "its deadline is cancelled");
+    // To an account that was never opened: refused, and the money returns.
+    let to_nobody = send("tr-2", "nobody", 20).await;
+    transfer_reaches(&system, &to_nobody, "Reversed").await;
+    // Retrying a transfer's request starts nothing new.
+    assert_eq!(send("tr-1", "bob", 30).await, to_bob);
+
+    let history = system.get("/accounts/ann/history").await;
+    let types: Vec<&str> = history
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Opened",
+            "Deposited",
+            "TransferSent",
+            "TransferSent",
+            "TransferReturned"
+        ]
+    );
+    let ann = system.get("/accounts/ann?min_version=5").await;
+    assert_eq!(ann.body["document"]["balance"], 70);
+    let bob = system.get("/accounts/bob?min_version=2").await;
+    assert_eq!(bob.body["document"]["balance"], 30);
+    assert_eq!(system.get("/transfers/unknown").await.status, 404);
+}

@@ -10,12 +10,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use bank_services::domain::Account;
-use bank_services::queries::{self, HistoryEvent, HistoryQuery, QueryError};
+use bank_services::queries::{
+    self, HistoryEvent, HistoryQuery, QueryError, TransferQuery, TransferStatus,
+};
+use bank_services::transfer::Transfer;
 use bank_services::{runtime, Config};
+use evently::deadline::SystemClock;
 use evently::nats::async_nats;
 use evently::nats::{CommandService, Publisher, PublisherConfig};
 use evently::postgres::PgEventStore;
 use evently::prelude::*;
+use evently::process::{process_status, run_process, ProcessOptions};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,6 +60,26 @@ async fn run() -> Result<(), BoxError> {
     )
     .await?;
 
+    // Transfers: the process manager runs beside the accounts it moves
+    // money between (with several instances, one holds its runners'
+    // leases; any answers status queries).
+    let transfers = Repository::<Transfer, _>::new(store.clone());
+    let process = run_process(
+        transfers.clone(),
+        store.clone(),
+        Repository::<Account, _>::new(store.clone()),
+        SystemClock,
+        ProcessOptions::default(),
+    );
+    queries::serve(
+        client.clone(),
+        &config.accounts_service,
+        "transfer",
+        16,
+        move |query: TransferQuery| transfer_status(transfers.clone(), query),
+    )
+    .await?;
+
     let publisher = Publisher::new(
         store.clone(),
         client.clone(),
@@ -84,6 +109,7 @@ async fn run() -> Result<(), BoxError> {
     // Requests stop coming (the other instances take them), the publisher
     // stops where the stream says, and what is buffered goes out.
     commands.stop().await;
+    process.stop().await;
     publishing.abort();
     client.drain().await?;
     store.pool().close().await;
@@ -128,4 +154,29 @@ async fn history(
         return Err(QueryError::new(404, format!("no account {:?}", query.id)));
     }
     Ok(events)
+}
+
+/// A transfer's stage, amount and the deadlines it waits for.
+async fn transfer_status(
+    transfers: Repository<Transfer, PgEventStore>,
+    query: TransferQuery,
+) -> Result<TransferStatus, QueryError> {
+    let status = process_status(&transfers, &query.id)
+        .await
+        .map_err(|e| QueryError::new(503, e.to_string()))?;
+    if status.version == 0 {
+        return Err(QueryError::new(404, format!("no transfer {:?}", query.id)));
+    }
+    Ok(TransferStatus {
+        id: query.id,
+        stage: status.state.stage,
+        from: status.state.from,
+        amount: status.state.amount,
+        version: status.version,
+        waiting: status
+            .waiting
+            .into_iter()
+            .map(|d| (d.name, d.due))
+            .collect(),
+    })
 }

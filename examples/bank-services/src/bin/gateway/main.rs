@@ -10,6 +10,8 @@
 //! | `POST /accounts` `{"id", "owner"}` | open an account (201) |
 //! | `POST /accounts/{id}/deposits` `{"amount"}` | deposit |
 //! | `POST /accounts/{id}/withdrawals` `{"amount"}` | withdraw |
+//! | `POST /transfers` `{"from", "to", "amount"}` | send money to another account (202; a process manager in the accounts service credits the target, or returns the money when the target refuses or does not answer in 30 s) |
+//! | `GET /transfers/{id}` | where a transfer stands (`Crediting`, `Completed`, `Reversing`, `Reversed`) |
 //! | `GET /accounts/{id}` | the balance, from reporting |
 //! | `GET /accounts/{id}/ledger` | the movements, from reporting |
 //! | `GET /accounts/{id}/history` | the events with their metadata, from the log |
@@ -37,7 +39,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bank_services::domain::{Account, AccountCommand, Balance, DailyTotals, Ledger};
-use bank_services::queries::{self, DocumentQuery, DocumentReply, HistoryEvent, HistoryQuery};
+use bank_services::queries::{
+    self, DocumentQuery, DocumentReply, HistoryEvent, HistoryQuery, TransferQuery, TransferStatus,
+};
 use bank_services::{runtime, Config};
 use evently::nats::async_nats;
 use evently::nats::{discover, RemoteRepository};
@@ -106,6 +110,8 @@ async fn run() -> Result<(), BoxError> {
 fn routes(gateway: Gateway) -> Router {
     Router::new()
         .route("/accounts", post(open))
+        .route("/transfers", post(transfer))
+        .route("/transfers/{id}", get(transfer_status))
         .route("/accounts/{id}/deposits", post(deposit))
         .route("/accounts/{id}/withdrawals", post(withdraw))
         .route("/accounts/{id}", get(balance))
@@ -259,6 +265,87 @@ async fn movement(
     handled.await.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[derive(Deserialize)]
+struct TransferBody {
+    from: String,
+    to: String,
+    amount: u64,
+}
+
+/// Starts a transfer: the debit on the source, under the request's
+/// idempotency key; the transfer's id is that command's id. Answers 202
+/// with the id: the rest happens in the accounts service's process
+/// manager (`GET /transfers/{id}`).
+async fn transfer(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        let body = body.map_err(too_large)?;
+        let TransferBody { from, to, amount } = parse(&body)?;
+        if from == to {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "`from` and `to` are the same account",
+            ));
+        }
+        let key = idempotency_key(&headers)?;
+        let transfer = uuid::Uuid::new_v5(&KEYS, key.as_bytes()).to_string();
+        let command = AccountCommand::Transfer {
+            id: from.clone(),
+            to,
+            amount,
+            transfer: transfer.clone(),
+        };
+        let mut response = gateway
+            .command(
+                &headers,
+                "POST /transfers",
+                &body,
+                &from,
+                command,
+                StatusCode::ACCEPTED,
+            )
+            .await?;
+        if let Ok(location) = HeaderValue::from_str(&format!("/transfers/{transfer}")) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LOCATION, location);
+        }
+        Ok::<_, Problem>(response)
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn transfer_status(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<TransferStatus>, Problem> {
+    let correlation = correlation(&headers)?.unwrap_or_else(uuid::Uuid::now_v7);
+    let status = queries::ask(
+        &gateway.client,
+        &gateway.config.accounts_service,
+        "transfer",
+        &TransferQuery { id },
+        correlation,
+        gateway.config.request_timeout,
+    )
+    .await?;
+    Ok(Json(status))
+}
+
+/// The request's `Idempotency-Key`, required.
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, Problem> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "an Idempotency-Key header (1 to 255 characters) is required",
+            )
+        })
+}
+
 /// A request body, or why it could not be read (413 over the limit).
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
@@ -305,16 +392,7 @@ impl Gateway {
         command: AccountCommand,
         status: StatusCode,
     ) -> Result<Response, Problem> {
-        let key = headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .filter(|k| !k.is_empty() && k.len() <= 255)
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "an Idempotency-Key header (1 to 255 characters) is required",
-                )
-            })?;
+        let key = idempotency_key(headers)?;
         let command_id = uuid::Uuid::new_v5(&KEYS, key.as_bytes());
         // The request's fingerprint travels in the events' metadata: a
         // replay of the key with another request is told apart.

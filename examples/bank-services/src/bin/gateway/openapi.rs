@@ -35,7 +35,10 @@ pub async fn openapi() -> Json<serde_json::Value> {
             "/accounts": { "post": command("open an account", json!({ "required": true, "content": { "application/json": { "schema": {
                 "type": "object", "required": ["id", "owner"], "properties": { "id": { "type": "string" }, "owner": { "type": "string" } } } } } }), vec![key.clone()]) },
             "/accounts/{id}/deposits": { "post": command("deposit", amount.clone(), vec![id.clone(), key.clone()]) },
-            "/accounts/{id}/withdrawals": { "post": command("withdraw", amount, vec![id.clone(), key]) },
+            "/accounts/{id}/withdrawals": { "post": command("withdraw", amount, vec![id.clone(), key.clone()]) },
+            "/transfers": { "post": command("send money to another account (202; the process manager does the rest)", json!({ "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["from", "to", "amount"], "properties": { "from": { "type": "string" }, "to": { "type": "string" }, "amount": { "type": "integer", "minimum": 1 } } } } } }), vec![key.clone()]) },
+            "/transfers/{id}": { "get": read("where a transfer stands", vec![id.clone()]) },
             "/accounts/{id}": { "get": read("the balance", vec![id.clone(), wait[0].clone(), wait[1].clone()]) },
             "/accounts/{id}/ledger": { "get": read("the movements", vec![id.clone(), wait[0].clone(), wait[1].clone()]) },
             "/accounts/{id}/history": { "get": read("the events with their metadata", vec![id]) },
