@@ -376,6 +376,14 @@ where
         };
         *outcomes.entry(format!("{stage:?}")).or_insert(0) += 1;
     }
+    // The sender handles each end (cancelling its deadline) just after the
+    // stage shows it: let it catch up before stopping.
+    let head = store.head_position().await.unwrap();
+    running
+        .sender
+        .wait_for(head, Duration::from_secs(60))
+        .await
+        .unwrap();
     running.stop().await;
     assert!(
         outcomes.get("Compensated").copied().unwrap_or(0) > 0,
