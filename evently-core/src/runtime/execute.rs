@@ -1,6 +1,7 @@
-//! Running a command: decide, append with the loaded version as the
-//! expectation, retry on conflicts, re-send on lost replies, journal and
-//! snapshot.
+//! Running a command: in its span, after the check for an earlier run of
+//! the same command id, in the aggregate's cache slot; decide, append with
+//! the loaded version as the expectation, retry on conflicts, re-send on
+//! lost replies, journal and snapshot.
 
 use crate::aggregate::{Aggregate, Command};
 use crate::error::{CommandError, StoreError};
@@ -15,6 +16,86 @@ use tracing::Instrument;
 use super::{CommandOutcome, JournalPolicy, Loaded, Repository, SnapshotPolicy};
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// Runs a command on the aggregate whose stream is `stream_id`, in its
+    /// span, and counts it ([`crate::telemetry`]).
+    pub(super) async fn execute_in(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "evently.command",
+            aggregate = A::TYPE,
+            stream = %stream_id,
+            command = command.command_type(),
+            command_id = %context.command_id,
+            correlation_id = %context.correlation_id.unwrap_or(context.command_id),
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        // Unobserved, the span costs nothing more than this check.
+        let result = if span.is_disabled() {
+            self.execute_traced(stream_id, command, context).await
+        } else {
+            self.execute_traced(stream_id, command, context)
+                .instrument(span.clone())
+                .await
+        };
+        let outcome = crate::telemetry::outcome_label(&result);
+        span.record("outcome", outcome);
+        if let Ok(done) = &result {
+            span.record("attempts", done.attempts);
+        }
+        metrics::counter!(crate::telemetry::COMMANDS, "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(crate::telemetry::COMMAND_SECONDS, "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_traced(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let record = self.command_record(&command, &context)?;
+        if let (Some(record), Some(commands)) = (&record, &self.commands) {
+            if let Some(entry) = (commands.find)(&self.store, record.command_id).await? {
+                if let JournalOutcome::Accepted {
+                    first_version,
+                    last_version,
+                } = entry.outcome
+                {
+                    return self
+                        .first_outcome(entry.stream_id, first_version, last_version, 0)
+                        .await;
+                }
+            }
+        }
+        match &self.cache {
+            Some(cache) => {
+                // One command at a time per aggregate in this process: the
+                // others wait here instead of racing into conflicts.
+                let slot = cache.slot(&stream_id);
+                let mut cached = slot.lock().await;
+                let outcome = self
+                    .run(command, &context, record.as_ref(), stream_id, &mut cached)
+                    .await;
+                drop(cached);
+                cache.release(slot);
+                outcome
+            }
+            None => {
+                self.run(command, &context, record.as_ref(), stream_id, &mut None)
+                    .await
+            }
+        }
+    }
+
     /// Decides and appends, retrying on conflicts. `cached` is the live
     /// aggregate kept between commands (when the cache is on): it is taken
     /// for the command and put back only when it is known to be current.
