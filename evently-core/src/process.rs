@@ -299,11 +299,8 @@ where
                     payload: deadline.payload,
                 };
                 let context = CommandContext::new().with_command_id(deadline.id);
-                match repository.execute_on_with(&id, input, context).await {
-                    // A refusal: the process says the deadline is moot.
-                    Ok(_) | Err(CommandError::Rejected(_)) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
+                // A refusal: the process says the deadline is moot.
+                tell(&repository, &id, input, context).await
             }
         },
     );
@@ -311,6 +308,29 @@ where
         reactor,
         sender,
         deadlines,
+    }
+}
+
+/// Hands `input` to the process instance `id`. The instance declining it
+/// (not for it, or too late: a refusal) records nothing and owes nothing;
+/// any other failure is the caller's to retry.
+async fn tell<P, S>(
+    repository: &Repository<P, S>,
+    id: &str,
+    input: ProcessInput<P::Input, P::Output>,
+    context: CommandContext,
+) -> Result<(), String>
+where
+    P: ProcessManager,
+    S: EventStore + CommandStore,
+{
+    match repository.execute_on_with(id, input, context).await {
+        Ok(_) => Ok(()),
+        Err(CommandError::Rejected(error)) => {
+            tracing::debug!(process = P::TYPE, %id, %error, "input declined");
+            Ok(())
+        }
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -339,20 +359,8 @@ where
             return Ok(());
         };
         let context = CommandContext::caused_by_as(event, P::TYPE);
-        match self
-            .repository
-            .execute_on_with(&id, ProcessInput::Event(event.clone()), context)
-            .await
-        {
-            Ok(_) => Ok(()),
-            // The instance declines the event (not for it, or too late):
-            // nothing is recorded, nothing is owed.
-            Err(CommandError::Rejected(error)) => {
-                tracing::debug!(process = P::TYPE, %id, %error, "event declined");
-                Ok(())
-            }
-            Err(error) => Err(error.to_string().into()),
-        }
+        let input = ProcessInput::Event(event.clone());
+        Ok(tell(&self.repository, &id, input, context).await?)
     }
 }
 
@@ -391,10 +399,7 @@ where
                 Dispatched::Refused(reason) => {
                     let context = CommandContext::caused_by_as(event, &format!("refused-{n}"));
                     let input = ProcessInput::Refused { command, reason };
-                    match self.repository.execute_on_with(&id, input, context).await {
-                        Ok(_) | Err(CommandError::Rejected(_)) => {}
-                        Err(error) => return Err(error.to_string().into()),
-                    }
+                    tell(&self.repository, &id, input, context).await?;
                 }
             }
         }
