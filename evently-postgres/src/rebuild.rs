@@ -30,6 +30,9 @@ pub enum RebuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The view's name is invalid, or its runner could not start.
+    #[error(transparent)]
+    View(#[from] evently_core::view::ViewError),
     /// The switch-over statements failed; the old read model still serves.
     #[error("the switch-over of `{name}` failed: {source}")]
     Switch {
@@ -122,8 +125,73 @@ impl PgEventStore {
         P: Projection<Sink = PgConnection>,
     {
         let name = projection.name().to_owned();
-        self.reset_for_rebuild(&name, force).await?;
+        self.reset_for_rebuild(&name, force, None).await?;
         let handle = self.run_projection(projection, options);
+        self.follow_rebuild(name, handle, switch_sql, &mut on_progress)
+            .await
+    }
+
+    /// Rebuilds a projection in place: with it stopped everywhere (its
+    /// lock free), runs `reset_sql` (emptying its tables: one statement),
+    /// drops its checkpoint and its parked events, in one transaction; then
+    /// replays the log from the start until it has caught up with the head
+    /// (which may grow meanwhile), reporting progress. Returns the running
+    /// projection's handle.
+    pub async fn rebuild_projection_in_place<P>(
+        &self,
+        projection: P,
+        options: ProjectionOptions,
+        reset_sql: &str,
+        mut on_progress: impl FnMut(&ProjectionProgress, &ProjectionStatus),
+    ) -> Result<ProjectionHandle, RebuildError>
+    where
+        P: Projection<Sink = PgConnection>,
+    {
+        let name = projection.name().to_owned();
+        let reset = (!reset_sql.trim().is_empty()).then_some(reset_sql);
+        self.reset_for_rebuild(&name, true, reset).await?;
+        let handle = self.run_projection(projection, options);
+        self.follow_rebuild(name, handle, "", &mut on_progress)
+            .await
+    }
+
+    /// Rebuilds the view `name` (of type `V`) in place: with the view
+    /// stopped everywhere (its lock free), deletes its documents, its
+    /// checkpoint and its parked events in one transaction, then runs it
+    /// from the start of the log until it has caught up with the head
+    /// (which may grow meanwhile), reporting progress. Returns the running
+    /// view's handle: stop it, or keep it running. Readers see the view
+    /// empty, then filling, during the rebuild.
+    pub async fn rebuild_view<V: evently_core::view::View>(
+        &self,
+        name: &str,
+        options: ProjectionOptions,
+        mut on_progress: impl FnMut(&ProjectionProgress, &ProjectionStatus),
+    ) -> Result<ProjectionHandle, RebuildError> {
+        let table = crate::queries::ViewTable::new(&self.inner.queries.schema, name)?;
+        self.create_view_table(&table).await?;
+        let projection_name = format!("view_{name}");
+        self.reset_for_rebuild(
+            &projection_name,
+            true,
+            Some(&format!("DELETE FROM {}", table.as_str())),
+        )
+        .await?;
+        let views = self.run_view::<V>(name, options).await?;
+        let handle = views.into_projection();
+        self.follow_rebuild(projection_name, handle, "", &mut on_progress)
+            .await
+    }
+
+    /// Waits for a rebuilding projection to catch up, reporting progress,
+    /// then runs the switch-over statements.
+    async fn follow_rebuild(
+        &self,
+        name: String,
+        handle: ProjectionHandle,
+        switch_sql: &str,
+        on_progress: &mut impl FnMut(&ProjectionProgress, &ProjectionStatus),
+    ) -> Result<ProjectionHandle, RebuildError> {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let status = handle.status();
@@ -170,7 +238,12 @@ impl PgEventStore {
     /// Checks that no projection of this name runs (holding its lock
     /// while checking) and that it has no checkpoint past zero unless
     /// `force`; then drops its checkpoint (and, forced, its parked events).
-    async fn reset_for_rebuild(&self, name: &str, force: bool) -> Result<(), RebuildError> {
+    async fn reset_for_rebuild(
+        &self,
+        name: &str,
+        force: bool,
+        also: Option<&str>,
+    ) -> Result<(), RebuildError> {
         let q = &self.inner.queries;
         let mut conn = self
             .pool()
@@ -188,27 +261,7 @@ impl PgEventStore {
                 name: name.to_owned(),
             });
         }
-        let reset = async {
-            let mut tx = conn.begin().await?;
-            let position: Option<i64> = sqlx::query_scalar(&q.delete_checkpoint)
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let position = position.unwrap_or(0) as u64;
-            if position > 0 && !force {
-                // Dropping the transaction rolls the DELETE back.
-                return Ok(Some(position));
-            }
-            if force {
-                sqlx::query(&q.delete_parked_of)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(None)
-        }
-        .await;
+        let reset = reset_in(&mut conn, q, name, force, also).await;
         let unlocked = sqlx::query(ADVISORY_UNLOCK)
             .bind(&key)
             .execute(&mut *conn)
@@ -226,4 +279,38 @@ impl PgEventStore {
             None => Ok(()),
         }
     }
+}
+
+/// Drops a projection's checkpoint (and, when forced, its parked events,
+/// then runs `also`) in one transaction; returns the checkpoint it kept
+/// when not forced and past zero. A function of its own rather than an
+/// async block, so the futures that await it stay `Send`.
+async fn reset_in(
+    conn: &mut PgConnection,
+    q: &crate::queries::Queries,
+    name: &str,
+    force: bool,
+    also: Option<&str>,
+) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let position: Option<i64> = sqlx::query_scalar(&q.delete_checkpoint)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let position = position.unwrap_or(0) as u64;
+    if position > 0 && !force {
+        // Dropping the transaction rolls the DELETE back.
+        return Ok(Some(position));
+    }
+    if force {
+        sqlx::query(&q.delete_parked_of)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(sql) = also {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(None)
 }

@@ -169,18 +169,7 @@ impl PgEventStore {
         run: impl FnOnce(ViewProjection<V, PgDocuments>) -> evently_core::projection::ProjectionHandle,
     ) -> Result<Views<V>, ViewError> {
         let table = ViewTable::new(&self.inner.queries.schema, name)?;
-        sqlx::query(&table.create())
-            .execute(self.pool())
-            .await
-            .or_else(|e| match &e {
-                // Another process created it at the same moment.
-                sqlx::Error::Database(db)
-                    if matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
-                {
-                    Ok(Default::default())
-                }
-                _ => Err(unavailable_or_backend(e)),
-            })?;
+        self.create_view_table(&table).await?;
         let projection = ViewProjection::<V, PgDocuments>::with_table(name, table.as_str());
         let handle = run(projection);
         let reader = PgReader {
@@ -189,6 +178,23 @@ impl PgEventStore {
             list: table.list(),
         };
         Ok(Views::new(name, handle, Arc::new(reader)))
+    }
+
+    /// Creates a view's table if it does not exist.
+    pub(crate) async fn create_view_table(&self, table: &ViewTable) -> Result<(), StoreError> {
+        sqlx::query(&table.create())
+            .execute(self.pool())
+            .await
+            .map(|_| ())
+            .or_else(|e| match &e {
+                // Another process created it at the same moment.
+                sqlx::Error::Database(db)
+                    if matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
+                {
+                    Ok(())
+                }
+                _ => Err(unavailable_or_backend(e)),
+            })
     }
 
     /// Applies a parked event of the view `name` again with the view type

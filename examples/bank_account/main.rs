@@ -12,8 +12,8 @@
 //!
 //! Run it with `cargo run --example bank_account` (in memory), or on
 //! PostgreSQL with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
-//! cargo run --example bank_account` (in the schema `bank_example`, which it
-//! resets first). Its tests, written with the given/when/then kit, run with
+//! cargo run --example bank_account` (in the schema `bank_example`, or
+//! `$BANK_SCHEMA`, which it resets first). Its tests, written with the given/when/then kit, run with
 //! `cargo test --example bank_account`.
 
 use std::time::Duration;
@@ -194,13 +194,20 @@ impl View for AccountView {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
-            println!("store: PostgreSQL at {url}, schema bank_example\n");
+            let schema = std::env::var("BANK_SCHEMA").unwrap_or_else(|_| "bank_example".into());
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(format!("BANK_SCHEMA {schema:?}: use a-z, 0-9 and _").into());
+            }
+            println!("store: PostgreSQL at {url}, schema {schema}\n");
             let reset = sqlx::PgPool::connect(&url).await?;
-            sqlx::query("DROP SCHEMA IF EXISTS bank_example CASCADE")
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
                 .execute(&reset)
                 .await?;
             let store = PgEventStore::builder()
-                .schema("bank_example")
+                .schema(&schema)
                 .connect(&url)
                 .await?;
             run_with_view(store).await

@@ -567,6 +567,11 @@ impl<V: View> Views<V> {
     pub async fn stop(self) -> ProjectionStatus {
         self.handle.stop().await
     }
+
+    /// The runner's handle, keeping the view running without its reader.
+    pub fn into_projection(self) -> ProjectionHandle {
+        self.handle
+    }
 }
 
 /// A store that keeps views: `store.run_view::<V>(name, options)` starts
