@@ -111,6 +111,19 @@ pub struct AuditArgs {
 pub struct RebuildArgs {
     /// The projection (or view) to rebuild; it must be stopped.
     pub name: String,
+    /// What to do with an event its handler fails on: stop the rebuild
+    /// there, or park the event (list it with `es parked`) and go on.
+    #[arg(long, value_enum, default_value_t = OnFailureArg::Stop)]
+    pub on_failure: OnFailureArg,
+}
+
+/// `--on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFailureArg {
+    /// Stop at the failing event; nothing after it is applied.
+    Stop,
+    /// Park the failing event and go on.
+    Park,
 }
 
 /// `es parked`.

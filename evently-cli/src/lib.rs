@@ -62,6 +62,9 @@ pub use copy::{
     FORMAT,
 };
 pub use error::{CliError, Exit};
+/// The progress bar [`export`], [`import`] and [`verify`] advance
+/// (`ProgressBar::hidden()` for none).
+pub use indicatif::ProgressBar;
 pub use store::{CommandView, EventView, Inspector, ProjectionRow, StreamRow};
 
 use args::Command;

@@ -224,6 +224,9 @@ pub(crate) async fn tail(
         None => store.head_position().await?,
     };
     let mut events = store.subscribe(after + 1);
+    // On stderr, so scripts reading stdout see events only; a script that
+    // appends once this line shows knows the tail will see it.
+    eprintln!("es tail: following the log after position {after} (Ctrl-C stops)");
     let mut shown = 0u64;
     if args.count == Some(0) {
         return Ok(());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evently_core::projection::{
-    Projection, ProjectionOptions, ProjectionProgress, ProjectionStatus,
+    OnFailure, Projection, ProjectionOptions, ProjectionProgress, ProjectionStatus,
 };
 use evently_core::view::View;
 use evently_postgres::{PgEventStore, RebuildError};
@@ -32,6 +32,7 @@ type Progress = Box<dyn FnMut(&ProjectionProgress, &ProjectionStatus) + Send>;
 type RebuildFn = Arc<
     dyn Fn(
             PgEventStore,
+            ProjectionOptions,
             Progress,
         ) -> LocalBoxFuture<'static, Result<ProjectionStatus, RebuildError>>
         + Send
@@ -65,12 +66,10 @@ impl Registry {
         self.entries.push(Registered {
             name: owned.clone(),
             checkpoint: format!("view_{owned}"),
-            rebuild: Arc::new(move |store, progress| {
+            rebuild: Arc::new(move |store, options, progress| {
                 let name = rebuild_name.clone();
                 Box::pin(async move {
-                    let handle = store
-                        .rebuild_view::<V>(&name, ProjectionOptions::default(), progress)
-                        .await?;
+                    let handle = store.rebuild_view::<V>(&name, options, progress).await?;
                     Ok(handle.stop().await)
                 })
             }),
@@ -97,24 +96,24 @@ impl Registry {
         self.entries.push(Registered {
             name: name.clone(),
             checkpoint: name,
-            rebuild: Arc::new(move |store, progress| {
+            rebuild: Arc::new(move |store, options, progress| {
                 let projection = make();
                 let reset_sql = reset_sql.clone();
                 Box::pin(async move {
                     let handle = store
-                        .rebuild_projection_in_place(
-                            projection,
-                            ProjectionOptions::default(),
-                            &reset_sql,
-                            progress,
-                        )
+                        .rebuild_projection_in_place(projection, options, &reset_sql, progress)
                         .await?;
                     Ok(handle.stop().await)
                 })
             }),
             retry: Arc::new(move |store, position| {
                 let projection = for_retry();
-                Box::pin(async move { Ok(store.retry_parked(&projection, position).await?) })
+                Box::pin(async move {
+                    store
+                        .retry_parked(&projection, position)
+                        .await
+                        .map_err(CliError::from)
+                })
             }),
         });
     }
@@ -256,15 +255,18 @@ pub(crate) async fn retry(
         }
         None => parked.iter().map(|e| e.position).collect(),
     };
-    let (mut applied, mut failed) = (Vec::new(), Vec::new());
+    let (mut applied, mut errors) = (Vec::new(), Vec::new());
     for position in positions {
-        if (entry.retry)(inspector.store().clone(), position).await? {
-            applied.push(position);
-        } else {
-            failed.push(position);
+        match (entry.retry)(inspector.store().clone(), position).await {
+            Ok(true) => applied.push(position),
+            // Retried meanwhile by someone else.
+            Ok(false) => {}
+            // The handler failed again: the event stays parked.
+            Err(e) if e.exit == Exit::Unavailable => return Err(e),
+            Err(e) => errors.push(serde_json::json!({ "position": position, "error": e.message })),
         }
     }
-    // An event that failed again is parked again, with the new error.
+    // An event that failed again is still parked.
     let still: Vec<u64> = inspector
         .store()
         .parked(&entry.checkpoint)
@@ -276,7 +278,7 @@ pub(crate) async fn retry(
     if json {
         output::json(
             out,
-            &serde_json::json!({ "projection": entry.name, "applied": applied, "still_parked": still }),
+            &serde_json::json!({ "projection": entry.name, "applied": applied, "still_parked": still, "errors": errors }),
         )?;
     } else {
         writeln!(
@@ -286,6 +288,14 @@ pub(crate) async fn retry(
             applied.len(),
             still.len()
         )?;
+        for e in &errors {
+            writeln!(
+                out,
+                "  position {}: {}",
+                e["position"],
+                e["error"].as_str().unwrap_or_default()
+            )?;
+        }
     }
     if still.is_empty() {
         Ok(())
@@ -334,15 +344,22 @@ pub(crate) async fn rebuild(
         shown.set_length(status.processed + progress.behind);
         shown.set_position(status.processed);
     };
-    let status = (entry.rebuild)(inspector.store().clone(), Box::new(report))
-        .await
-        .map_err(|e| match e {
-            RebuildError::Running { .. } => {
-                CliError::refused(format!("{e}; stop every instance of it first"))
-            }
-            RebuildError::Store(s) => s.into(),
-            other => CliError::failed(other.to_string()),
-        })?;
+    let status = (entry.rebuild)(
+        inspector.store().clone(),
+        ProjectionOptions::default().on_failure(match args.on_failure {
+            crate::args::OnFailureArg::Stop => OnFailure::Stop,
+            crate::args::OnFailureArg::Park => OnFailure::Park,
+        }),
+        Box::new(report),
+    )
+    .await
+    .map_err(|e| match e {
+        RebuildError::Running { .. } => {
+            CliError::refused(format!("{e}; stop every instance of it first"))
+        }
+        RebuildError::Store(s) => s.into(),
+        other => CliError::failed(other.to_string()),
+    })?;
     bar.finish_and_clear();
     let elapsed = started.elapsed().max(Duration::from_millis(1));
     let rate = status.processed as f64 / elapsed.as_secs_f64();

@@ -191,7 +191,17 @@ impl View for AccountView {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+    // `bank_account es …`: the operator's commands (`evently-cli`), with
+    // this service's view registered, so `es rebuild accounts` and `es
+    // retry accounts` can run its code.
+    if std::env::args().nth(1).as_deref() == Some("es") {
+        let cli = evently_cli::Cli::new().view::<AccountView>("accounts");
+        let args = std::env::args_os().skip(1);
+        return Ok(cli
+            .run_with(args, &mut std::io::stdout(), &mut std::io::stderr())
+            .await);
+    }
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let schema = std::env::var("BANK_SCHEMA").unwrap_or_else(|_| "bank_example".into());
@@ -210,13 +220,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .schema(&schema)
                 .connect(&url)
                 .await?;
-            run_with_view(store).await
+            run_with_view(store).await?;
         }
         Err(_) => {
             println!("store: in memory (set DATABASE_URL to use PostgreSQL)\n");
-            run_with_view(MemoryStore::new()).await
+            run_with_view(MemoryStore::new()).await?;
         }
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Runs the commands on `store`, then answers from the view.
