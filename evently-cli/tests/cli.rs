@@ -12,41 +12,8 @@ use evently_core::{
 use evently_postgres::PgEventStore;
 use serde_json::Value;
 
-fn url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn schema(name: &str) -> String {
-    format!("es_test_cli_{name}_{}", std::process::id())
-}
-
-async fn drop_schema(schema: &str) {
-    let pool = sqlx::PgPool::connect(&url())
-        .await
-        .expect("PostgreSQL at DATABASE_URL (the tests need it)");
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .execute(&pool)
-        .await
-        .expect("drop the schema");
-}
-
-/// The bank example, built by `cargo test --workspace` next to this test.
-fn bank_example() -> PathBuf {
-    let deps = std::env::current_exe().expect("the test's path");
-    let path = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .join("examples")
-        .join("bank_account");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace --all-features` (it builds the examples), or `cargo build --example bank_account --features postgres` first",
-        path.display()
-    );
-    path
-}
+mod support;
+use support::{bank_example, drop_schema, schema, url};
 
 /// Runs the bank example into `schema`.
 fn fill_with_bank_example(schema: &str) {
