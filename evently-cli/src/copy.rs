@@ -313,8 +313,9 @@ pub struct ImportReport {
     pub seconds: f64,
 }
 
-/// Imports a checked export into `store`, in log order, a thousand events
-/// a transaction. Safe to run again after an interruption: events already
+/// Imports a checked export into `store`, in log order: one statement and
+/// one transaction for each run of the file in which every stream appears
+/// once (at most a thousand events). Safe to run again after an interruption: events already
 /// there (same id at the same stream and version) are skipped, so nothing
 /// is written twice and nothing is missed; a target that holds other
 /// events at those places is refused before anything is written.
@@ -369,13 +370,36 @@ pub async fn import(
     Ok(report)
 }
 
-/// Writes one page in one transaction; returns how many were new.
+/// Writes one page: in segments where each stream appears once (one
+/// statement and one transaction each, positions in the file's order).
+/// Returns how many events were new.
 async fn import_page(store: &PgEventStore, page: Vec<EventView>) -> Result<u64, CliError> {
+    let mut written = 0;
+    let mut segment: Vec<EventView> = Vec::new();
+    let mut in_segment: std::collections::HashSet<String> = Default::default();
+    for e in page {
+        let continues = segment.last().is_some_and(|l| l.stream_id == e.stream_id);
+        if !continues && in_segment.contains(&e.stream_id) {
+            written += import_segment(store, std::mem::take(&mut segment)).await?;
+            in_segment.clear();
+        }
+        in_segment.insert(e.stream_id.clone());
+        segment.push(e);
+    }
+    if !segment.is_empty() {
+        written += import_segment(store, segment).await?;
+    }
+    Ok(written)
+}
+
+/// Writes one segment in one transaction, skipping the events an earlier
+/// run wrote; returns how many were new.
+async fn import_segment(store: &PgEventStore, events: Vec<EventView>) -> Result<u64, CliError> {
     let schema = format!("\"{}\"", store.schema());
     let mut tx = store.pool().begin().await?;
     // Which of these are already there (an earlier run's)?
-    let streams: Vec<String> = page.iter().map(|e| e.stream_id.clone()).collect();
-    let versions: Vec<i64> = page.iter().map(|e| e.stream_version as i64).collect();
+    let streams: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
+    let versions: Vec<i64> = events.iter().map(|e| e.stream_version as i64).collect();
     let rows = sqlx::query(&format!(
         "SELECT e.stream_id, e.stream_version, e.event_id FROM {schema}.events e \
          JOIN unnest($1::text[], $2::bigint[]) AS t(s, v) ON e.stream_id = t.s AND e.stream_version = t.v"
@@ -391,26 +415,19 @@ async fn import_page(store: &PgEventStore, page: Vec<EventView>) -> Result<u64, 
             r.try_get(2)?,
         );
     }
-    let mut fresh = Vec::with_capacity(page.len());
-    for e in page {
+    let mut times: (Vec<Uuid>, Vec<DateTime<Utc>>) = (Vec::new(), Vec::new());
+    let mut appends: Vec<StreamAppend> = Vec::new();
+    for e in events {
         match present.get(&(e.stream_id.clone(), e.stream_version)) {
-            Some(id) if *id == e.event_id => {}
+            Some(id) if *id == e.event_id => continue,
             Some(id) => {
                 return Err(CliError::refused(format!(
                     "the target diverges from the file: stream {:?} version {} holds event {id}, the file has {}; import into an empty schema",
                     e.stream_id, e.stream_version, e.event_id
                 )))
             }
-            None => fresh.push(e),
+            None => {}
         }
-    }
-    let written = fresh.len() as u64;
-    // Appends in file order: one statement per run of the same stream, all
-    // in this transaction (an atomic append would write its streams in
-    // lock order, not in the file's).
-    let mut times: (Vec<Uuid>, Vec<DateTime<Utc>>) = (Vec::new(), Vec::new());
-    let mut run: Option<StreamAppend> = None;
-    for e in fresh {
         times.0.push(e.event_id);
         times.1.push(e.recorded_at);
         let metadata: Metadata = serde_json::from_value(e.metadata.clone()).map_err(|err| {
@@ -426,54 +443,39 @@ async fn import_page(store: &PgEventStore, page: Vec<EventView>) -> Result<u64, 
             metadata,
         )
         .with_id(e.event_id);
-        match &mut run {
+        match appends.last_mut() {
             Some(a) if a.stream_id.as_str() == e.stream_id => a.events.push(event),
-            _ => {
-                if let Some(done) = run.take() {
-                    append(store, &mut tx, done).await?;
-                }
-                run = Some(StreamAppend::new(
-                    StreamId::from(e.stream_id.as_str()),
-                    if e.stream_version == 1 {
-                        ExpectedVersion::NoStream
-                    } else {
-                        ExpectedVersion::Exact(e.stream_version - 1)
-                    },
-                    vec![event],
-                ));
-            }
+            _ => appends.push(StreamAppend::new(
+                StreamId::from(e.stream_id.as_str()),
+                if e.stream_version == 1 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(e.stream_version - 1)
+                },
+                vec![event],
+            )),
         }
     }
-    if let Some(done) = run {
-        append(store, &mut tx, done).await?;
+    if appends.is_empty() {
+        return Ok(0);
     }
-    if !times.0.is_empty() {
-        sqlx::query(&format!(
-            "UPDATE {schema}.events e SET recorded_at = t.r FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, r) WHERE e.event_id = t.id"
-        ))
-        .bind(&times.0)
-        .bind(&times.1)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(written)
-}
-
-async fn append(
-    store: &PgEventStore,
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    run: StreamAppend,
-) -> Result<(), CliError> {
-    store.append_in(&mut *tx, &run.stream_id, run.expected, run.events).await.map_err(|e| match e {
-        evently_core::StoreError::WrongExpectedVersion { .. } | evently_core::StoreError::DuplicateEventId { .. } => {
-            CliError::refused(format!(
-                "the target diverges from the file ({e}); import into an empty schema, or into one an earlier import of this file wrote"
-            ))
-        }
+    let written = store.append_ordered_in(&mut tx, appends).await.map_err(|e| match e {
+        evently_core::StoreError::WrongExpectedVersion { .. }
+        | evently_core::StoreError::DuplicateEventId { .. }
+        | evently_core::StoreError::InvalidAppend { .. } => CliError::refused(format!(
+            "the target diverges from the file ({e}); import into an empty schema, or into one an earlier import of this file wrote"
+        )),
         other => other.into(),
     })?;
-    Ok(())
+    sqlx::query(&format!(
+        "UPDATE {schema}.events e SET recorded_at = t.r FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, r) WHERE e.event_id = t.id"
+    ))
+    .bind(&times.0)
+    .bind(&times.1)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(written.len() as u64)
 }
 
 /// What `verify` found.

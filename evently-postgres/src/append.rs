@@ -85,6 +85,125 @@ impl PgEventStore {
         Ok(results)
     }
 
+    /// Appends to several streams in one statement inside the caller's
+    /// transaction, with global positions in the order the appends are
+    /// given (`append_atomic_in` writes its streams in lock order). For
+    /// copying a log in its order (`es import`) and other bulk writes:
+    /// each stream at most once, and one call per transaction (its
+    /// positions start at the transaction's base). When an append's
+    /// expectation fails, it returns [`StoreError::WrongExpectedVersion`]
+    /// for the first such append, and the caller must roll back (the
+    /// appends that held are written in its transaction). Inline
+    /// projections do not run on these events.
+    pub async fn append_ordered_in(
+        &self,
+        conn: &mut PgConnection,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        evently_core::backend::check_appends(&appends)?;
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        let mut streams = Vec::with_capacity(appends.len());
+        let mut kinds = Vec::with_capacity(appends.len());
+        let mut expected = Vec::with_capacity(appends.len());
+        let mut counts = Vec::with_capacity(appends.len());
+        let mut owners = Vec::with_capacity(total);
+        let mut ks = Vec::with_capacity(total);
+        let mut ids = Vec::with_capacity(total);
+        let mut types = Vec::with_capacity(total);
+        let mut versions = Vec::with_capacity(total);
+        let mut payloads = Vec::with_capacity(total);
+        let mut metadata = Vec::with_capacity(total);
+        for (i, a) in appends.iter().enumerate() {
+            let (kind, version) = expected_arg(a.expected);
+            streams.push(a.stream_id.as_str());
+            kinds.push(kind);
+            expected.push(version);
+            counts.push(a.events.len() as i32);
+            for (k, e) in a.events.iter().enumerate() {
+                owners.push(i as i32 + 1);
+                ks.push(k as i32 + 1);
+                ids.push(e.event_id);
+                types.push(&*e.event_type);
+                versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+                payloads.push(e.payload.as_str());
+                metadata.push(serde_json::to_string(&e.metadata).map_err(|err| {
+                    StoreError::InvalidAppend {
+                        stream_id: a.stream_id.clone(),
+                        reason: format!("metadata does not serialize: {err}"),
+                    }
+                })?);
+            }
+        }
+        let rows = sqlx::query(&self.inner.queries.append_set)
+            .bind(&streams)
+            .bind(&kinds)
+            .bind(&expected)
+            .bind(&counts)
+            .bind(&owners)
+            .bind(&ks)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .bind(&metadata)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable_or_backend)?;
+        let mut stored: Vec<Vec<(i64, i64, chrono::DateTime<chrono::Utc>)>> =
+            vec![Vec::new(); appends.len()];
+        for row in &rows {
+            let index: i32 = row.try_get(0).map_err(unavailable_or_backend)?;
+            let slot = usize::try_from(index - 1)
+                .ok()
+                .and_then(|i| stored.get_mut(i))
+                .ok_or_else(|| {
+                    StoreError::Backend(format!("a row names no append: {index}").into())
+                })?;
+            slot.push((
+                row.try_get(1).map_err(unavailable_or_backend)?,
+                row.try_get(2).map_err(unavailable_or_backend)?,
+                row.try_get(3).map_err(unavailable_or_backend)?,
+            ));
+        }
+        let mut recorded = Vec::with_capacity(total);
+        for (append, rows) in appends.into_iter().zip(stored) {
+            if rows.len() != append.events.len() {
+                let actual: Option<i64> = sqlx::query_scalar(&self.inner.queries.stream_version)
+                    .bind(append.stream_id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable_or_backend)?;
+                let actual = actual.unwrap_or(0) as u64;
+                let held = match append.expected {
+                    ExpectedVersion::Any => true,
+                    ExpectedVersion::NoStream => actual == 0,
+                    ExpectedVersion::StreamExists => actual > 0,
+                    ExpectedVersion::Exact(v) => actual == v,
+                };
+                return Err(if held {
+                    StoreError::InvalidAppend {
+                        stream_id: append.stream_id,
+                        reason:
+                            "an event id of this append is already stored, or the stream is closed"
+                                .into(),
+                    }
+                } else {
+                    StoreError::WrongExpectedVersion {
+                        stream_id: append.stream_id,
+                        expected: append.expected,
+                        actual,
+                    }
+                });
+            }
+            for (e, (position, version, at)) in append.events.into_iter().zip(rows) {
+                recorded.push(self::recorded(&append.stream_id, e, position, version, at));
+            }
+        }
+        recorded.sort_by_key(|e| e.global_position);
+        self.announce_in(conn, &recorded).await?;
+        Ok(recorded)
+    }
+
     /// `append` and `append_for_command` (their command checked): through
     /// the group-commit queue when it takes the append, else on its own.
     pub(crate) async fn append_pooled(

@@ -371,3 +371,75 @@ async fn a_wrong_expected_version_inside_the_caller_s_transaction_is_typed_and_t
     assert_eq!(order_note(&store, "o-4").await.as_deref(), Some("kept"));
     assert_eq!(store.stream_version(&stream).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn append_ordered_in_keeps_the_given_order_and_names_a_failed_expectation() {
+    let store = fresh_store().await;
+    let (z, a, m) = (
+        StreamId::from("stream-z"),
+        StreamId::from("stream-a"),
+        StreamId::from("stream-m"),
+    );
+    store
+        .append(&m, ExpectedVersion::NoStream, vec![numbered(0)])
+        .await
+        .unwrap();
+
+    // Positions in the order given (z before a), not in name order.
+    let mut tx = store.pool().begin().await.unwrap();
+    let written = store
+        .append_ordered_in(
+            &mut tx,
+            vec![
+                StreamAppend::new(
+                    z.clone(),
+                    ExpectedVersion::NoStream,
+                    vec![numbered(1), numbered(2)],
+                ),
+                StreamAppend::new(a.clone(), ExpectedVersion::NoStream, vec![numbered(3)]),
+                StreamAppend::new(m.clone(), ExpectedVersion::Exact(1), vec![numbered(4)]),
+            ],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let order: Vec<(String, u64)> = written
+        .iter()
+        .map(|e| (e.stream_id.as_str().to_owned(), e.stream_version))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("stream-z".into(), 1),
+            ("stream-z".into(), 2),
+            ("stream-a".into(), 1),
+            ("stream-m".into(), 2)
+        ]
+    );
+    let log = store.read_all(0, 10).await.unwrap();
+    let logged: Vec<Uuid> = log.iter().skip(1).map(|e| e.event_id).collect();
+    assert_eq!(logged, ids(&written), "the log reads them in that order");
+
+    // A wrong expectation: refused with the stream and its version; the
+    // caller rolls back, and nothing of the set stays.
+    let mut tx = store.pool().begin().await.unwrap();
+    let refused = store
+        .append_ordered_in(
+            &mut tx,
+            vec![
+                StreamAppend::new(a.clone(), ExpectedVersion::Exact(1), vec![numbered(5)]),
+                StreamAppend::new(z.clone(), ExpectedVersion::Exact(1), vec![numbered(6)]),
+            ],
+        )
+        .await
+        .unwrap_err();
+    drop(tx);
+    match refused {
+        StoreError::WrongExpectedVersion {
+            stream_id, actual, ..
+        } => assert_eq!((stream_id, actual), (z.clone(), 2)),
+        other => panic!("expected a wrong expected version, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&a).await.unwrap(), 1);
+    assert_eq!(store.read_all(0, 10).await.unwrap().len(), 5);
+}
