@@ -415,7 +415,7 @@ async fn import_segment(store: &PgEventStore, events: Vec<EventView>) -> Result<
             r.try_get(2)?,
         );
     }
-    let mut times: (Vec<Uuid>, Vec<DateTime<Utc>>) = (Vec::new(), Vec::new());
+    let mut times: Vec<DateTime<Utc>> = Vec::new();
     let mut appends: Vec<StreamAppend> = Vec::new();
     for e in events {
         match present.get(&(e.stream_id.clone(), e.stream_version)) {
@@ -428,8 +428,7 @@ async fn import_segment(store: &PgEventStore, events: Vec<EventView>) -> Result<
             }
             None => {}
         }
-        times.0.push(e.event_id);
-        times.1.push(e.recorded_at);
+        times.push(e.recorded_at);
         let metadata: Metadata = serde_json::from_value(e.metadata.clone()).map_err(|err| {
             CliError::mismatch(format!(
                 "event {}: its metadata does not read: {err}",
@@ -459,7 +458,8 @@ async fn import_segment(store: &PgEventStore, events: Vec<EventView>) -> Result<
     if appends.is_empty() {
         return Ok(0);
     }
-    let written = store.append_ordered_in(&mut tx, appends).await.map_err(|e| match e {
+    let written = store
+        .append_copy_in(&mut tx, appends, &times).await.map_err(|e| match e {
         evently_core::StoreError::WrongExpectedVersion { .. }
         | evently_core::StoreError::DuplicateEventId { .. }
         | evently_core::StoreError::InvalidAppend { .. } => CliError::refused(format!(
@@ -467,13 +467,6 @@ async fn import_segment(store: &PgEventStore, events: Vec<EventView>) -> Result<
         )),
         other => other.into(),
     })?;
-    sqlx::query(&format!(
-        "UPDATE {schema}.events e SET recorded_at = t.r FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, r) WHERE e.event_id = t.id"
-    ))
-    .bind(&times.0)
-    .bind(&times.1)
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(written.len() as u64)
 }

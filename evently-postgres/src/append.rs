@@ -100,6 +100,37 @@ impl PgEventStore {
         conn: &mut PgConnection,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.write_ordered(conn, appends, None).await
+    }
+
+    /// [`PgEventStore::append_ordered_in`] for a copy of another log: each
+    /// event keeps its recording time, `recorded_at[i]` for the `i`-th
+    /// event of the appends in order (instead of the transaction's time).
+    pub async fn append_copy_in(
+        &self,
+        conn: &mut PgConnection,
+        appends: Vec<StreamAppend>,
+        recorded_at: &[chrono::DateTime<chrono::Utc>],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events: usize = appends.iter().map(|a| a.events.len()).sum();
+        if recorded_at.len() != events {
+            return Err(StoreError::InvalidAppend {
+                stream_id: appends
+                    .first()
+                    .map(|a| a.stream_id.clone())
+                    .unwrap_or_else(|| StreamId::from("")),
+                reason: format!("{} recording times for {events} events", recorded_at.len()),
+            });
+        }
+        self.write_ordered(conn, appends, Some(recorded_at)).await
+    }
+
+    async fn write_ordered(
+        &self,
+        conn: &mut PgConnection,
+        appends: Vec<StreamAppend>,
+        recorded_at: Option<&[chrono::DateTime<chrono::Utc>]>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         evently_core::backend::check_appends(&appends)?;
         let total: usize = appends.iter().map(|a| a.events.len()).sum();
         let mut streams = Vec::with_capacity(appends.len());
@@ -134,7 +165,11 @@ impl PgEventStore {
                 })?);
             }
         }
-        let rows = sqlx::query(&self.inner.queries.append_set)
+        let query = match recorded_at {
+            None => sqlx::query(&self.inner.queries.append_set),
+            Some(_) => sqlx::query(&self.inner.queries.append_set_at),
+        };
+        let query = query
             .bind(&streams)
             .bind(&kinds)
             .bind(&expected)
@@ -145,7 +180,12 @@ impl PgEventStore {
             .bind(&types)
             .bind(&versions)
             .bind(&payloads)
-            .bind(&metadata)
+            .bind(&metadata);
+        let query = match recorded_at {
+            None => query,
+            Some(times) => query.bind(times),
+        };
+        let rows = query
             .fetch_all(&mut *conn)
             .await
             .map_err(unavailable_or_backend)?;

@@ -186,6 +186,8 @@ pub(crate) struct Queries {
     pub append_new: String,
     pub append_exact: String,
     pub append_set: String,
+    /// `append_set` with each event's recording time given ($12), for copies.
+    pub append_set_at: String,
     pub lock_streams: String,
     // Reads.
     pub read_stream: String,
@@ -274,45 +276,8 @@ impl Queries {
                                s.last_position - cardinality($3::uuid[]) + 1 AS first \
                  ){tail}"
             ),
-            append_set: format!(
-                "WITH a AS ( \
-                     SELECT a.*, {BASE} + sum(a.n) OVER (ORDER BY a.idx) - a.n AS first \
-                     FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::integer[]) \
-                          WITH ORDINALITY AS a(stream, kind, expected, n, idx) \
-                 ), u AS ( \
-                     SELECT * FROM unnest($5::integer[], $6::integer[], $7::uuid[], $8::text[], \
-                                          $9::integer[], $10::text[], $11::text[]) \
-                          AS u(idx, k, id, typ, ver, pay, meta) \
-                 ), s AS ( \
-                     INSERT INTO {s}.streams AS s (stream_id, version, last_position) \
-                     SELECT a.stream, a.n, a.first + a.n - 1 \
-                     FROM a LEFT JOIN {s}.streams x ON x.stream_id = a.stream \
-                     WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0) \
-                            OR x.stream_id IS NOT NULL) \
-                       AND NOT EXISTS (SELECT 1 FROM u JOIN {s}.events e ON e.event_id = u.id \
-                                       WHERE u.idx = a.idx) \
-                     ORDER BY a.stream \
-                     ON CONFLICT (stream_id) DO UPDATE \
-                         SET version = s.version + EXCLUDED.version, \
-                             last_position = EXCLUDED.last_position \
-                         WHERE NOT s.closed AND s.last_position < {BASE} \
-                           AND EXISTS (SELECT 1 FROM a WHERE a.stream = EXCLUDED.stream_id \
-                                AND (a.kind = 0 OR (a.kind = 1 AND s.version = 0) \
-                                     OR (a.kind = 2 AND s.version > 0) \
-                                     OR (a.kind = 3 AND s.version = a.expected))) \
-                     RETURNING s.stream_id, s.version \
-                 ), i AS ( \
-                     INSERT INTO {s}.events AS e \
-                         (position, event_id, stream_id, stream_version, event_type, \
-                          schema_version, payload, metadata) \
-                     SELECT a.first + u.k - 1, u.id, a.stream, s.version - a.n + u.k, u.typ, \
-                            u.ver, u.pay::jsonb, u.meta::jsonb \
-                     FROM u JOIN a ON a.idx = u.idx JOIN s ON s.stream_id = a.stream \
-                     RETURNING e.stream_id, e.position, e.stream_version, e.recorded_at \
-                 ) \
-                 SELECT a.idx::integer, i.position, i.stream_version, i.recorded_at \
-                 FROM i JOIN a ON a.stream = i.stream_id ORDER BY i.position"
-            ),
+            append_set: append_set(&s, false),
+            append_set_at: append_set(&s, true),
             lock_streams: format!("SELECT {s}.lock_streams($1::text[])"),
             // The stream's version comes with its events (or alone, when
             // none is read) so that a hole at the end is seen too.
@@ -604,4 +569,54 @@ mod tests {
             );
         }
     }
+}
+
+/// The set-based append of several streams in one statement (group commit,
+/// `append_ordered_in`); with `times`, each event's recording time comes
+/// in a twelfth array instead of `now()` (a copied log keeps its times).
+fn append_set(s: &impl std::fmt::Display, times: bool) -> String {
+    let (at_arg, at_col, at_name, at_value) = if times {
+        (", $12::timestamptz[]", ", at", ", recorded_at", ", u.at")
+    } else {
+        ("", "", "", "")
+    };
+    format!(
+        "WITH a AS ( \
+                     SELECT a.*, {BASE} + sum(a.n) OVER (ORDER BY a.idx) - a.n AS first \
+                     FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::integer[]) \
+                          WITH ORDINALITY AS a(stream, kind, expected, n, idx) \
+                 ), u AS ( \
+                     SELECT * FROM unnest($5::integer[], $6::integer[], $7::uuid[], $8::text[], \
+                                          $9::integer[], $10::text[], $11::text[]{at_arg}) \
+                          AS u(idx, k, id, typ, ver, pay, meta{at_col}) \
+                 ), s AS ( \
+                     INSERT INTO {s}.streams AS s (stream_id, version, last_position) \
+                     SELECT a.stream, a.n, a.first + a.n - 1 \
+                     FROM a LEFT JOIN {s}.streams x ON x.stream_id = a.stream \
+                     WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0) \
+                            OR x.stream_id IS NOT NULL) \
+                       AND NOT EXISTS (SELECT 1 FROM u JOIN {s}.events e ON e.event_id = u.id \
+                                       WHERE u.idx = a.idx) \
+                     ORDER BY a.stream \
+                     ON CONFLICT (stream_id) DO UPDATE \
+                         SET version = s.version + EXCLUDED.version, \
+                             last_position = EXCLUDED.last_position \
+                         WHERE NOT s.closed AND s.last_position < {BASE} \
+                           AND EXISTS (SELECT 1 FROM a WHERE a.stream = EXCLUDED.stream_id \
+                                AND (a.kind = 0 OR (a.kind = 1 AND s.version = 0) \
+                                     OR (a.kind = 2 AND s.version > 0) \
+                                     OR (a.kind = 3 AND s.version = a.expected))) \
+                     RETURNING s.stream_id, s.version \
+                 ), i AS ( \
+                     INSERT INTO {s}.events AS e \
+                         (position, event_id, stream_id, stream_version, event_type, \
+                          schema_version, payload, metadata{at_name}) \
+                     SELECT a.first + u.k - 1, u.id, a.stream, s.version - a.n + u.k, u.typ, \
+                            u.ver, u.pay::jsonb, u.meta::jsonb{at_value} \
+                     FROM u JOIN a ON a.idx = u.idx JOIN s ON s.stream_id = a.stream \
+                     RETURNING e.stream_id, e.position, e.stream_version, e.recorded_at \
+                 ) \
+                 SELECT a.idx::integer, i.position, i.stream_version, i.recorded_at \
+                 FROM i JOIN a ON a.stream = i.stream_id ORDER BY i.position"
+    )
 }
