@@ -24,12 +24,29 @@
 //! registered:
 //!
 //! ```no_run
-//! # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Balance;
-//! # impl evently_core::view::View for Balance {
-//! #     type Event = evently_core::testing::NoEvent;
-//! #     fn key(_: &evently_core::RecordedEvent<Self::Event>) -> Option<String> { None }
-//! #     fn apply(&mut self, _: &evently_core::RecordedEvent<Self::Event>) {}
-//! # }
+//! use evently_core::{Event, RecordedEvent};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! enum AccountEvent {
+//!     Deposited { amount: u64 },
+//! }
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Balance {
+//!     total: u64,
+//! }
+//!
+//! impl evently_core::view::View for Balance {
+//!     type Event = AccountEvent;
+//!     fn apply(&mut self, event: &RecordedEvent<AccountEvent>) {
+//!         let AccountEvent::Deposited { amount } = &event.data;
+//!         self.total += amount;
+//!     }
+//! }
+//!
+//! // `my-tool rebuild balances`, `my-tool retry balances`, and every other
+//! // `es` command, with this service's view.
 //! #[tokio::main]
 //! async fn main() -> std::process::ExitCode {
 //!     evently_cli::Cli::new().view::<Balance>("balances").run().await
