@@ -69,8 +69,9 @@ impl PgEventStore {
     /// Rebuilds a read model from position zero while the old one keeps
     /// serving queries: runs `projection` (a new name, writing into new
     /// tables the caller created) from the start of the log, reports
-    /// progress every 200 ms, and once it has caught up with the head runs
-    /// `switch_sql` in one transaction — typically `CREATE OR REPLACE VIEW
+    /// progress every 200 ms, and once it has caught up with the head (as
+    /// the previous report saw it: a log that keeps growing cannot keep the
+    /// rebuild from finishing) runs `switch_sql` in one transaction — typically `CREATE OR REPLACE VIEW
     /// accounts AS SELECT * FROM accounts_v2`, so queries read the new
     /// tables from that commit on. Returns the new projection, running
     /// live; stop the old one afterwards.
@@ -192,6 +193,10 @@ impl PgEventStore {
         switch_sql: &str,
         on_progress: &mut impl FnMut(&ProjectionProgress, &ProjectionStatus),
     ) -> Result<ProjectionHandle, RebuildError> {
+        // Caught up means reaching the head as it was at the previous look:
+        // a log that keeps growing cannot keep a rebuild from finishing,
+        // and one that stops is followed to its end.
+        let mut target = evently_core::EventStore::head_position(self).await?;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let status = handle.status();
@@ -206,8 +211,9 @@ impl PgEventStore {
                 });
             }
             let progress = self.progress(&name).await?;
-            let caught_up = progress.behind == 0
+            let caught_up = (progress.behind == 0 || progress.position >= target)
                 && status.state == evently_core::projection::ProjectionState::Running;
+            target = progress.head;
             let status = if caught_up {
                 // The checkpoint commits before the runner counts the batch:
                 // let its status catch up, so the last report is complete.
