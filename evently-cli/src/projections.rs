@@ -159,6 +159,11 @@ pub(crate) async fn list(
     for p in &rows {
         table.row(vec![
             p.name.clone(),
+            if p.running {
+                "running".into()
+            } else {
+                "stopped".into()
+            },
             p.position.to_string(),
             p.behind_events.to_string(),
             format!("{:.1}s", p.lag_seconds),

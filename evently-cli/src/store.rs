@@ -180,6 +180,8 @@ pub struct ProjectionRow {
     pub lag_seconds: f64,
     /// Its parked events.
     pub parked: u64,
+    /// Whether an instance runs it now (holds its lock).
+    pub running: bool,
     /// When its checkpoint last moved.
     pub updated_at: DateTime<Utc>,
 }
@@ -467,7 +469,8 @@ impl Inspector {
             .bind(head as i64)
             .fetch_all(self.store.pool())
             .await?;
-        rows.iter()
+        let mut rows = rows
+            .iter()
             .map(|r| {
                 Ok(ProjectionRow {
                     name: r.try_get(0)?,
@@ -477,10 +480,14 @@ impl Inspector {
                     behind_events: r.try_get::<i64, _>(3)? as u64,
                     lag_seconds: r.try_get::<Option<f64>, _>(4)?.unwrap_or(0.0).max(0.0),
                     parked: r.try_get::<i64, _>(5)? as u64,
+                    running: false,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        for row in &mut rows {
+            row.running = self.store.projection_running(&row.name).await?;
+        }
+        Ok(rows)
     }
 
     /// Whether a projection of that name has a checkpoint.

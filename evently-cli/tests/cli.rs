@@ -177,6 +177,7 @@ async fn the_commands_read_what_the_bank_example_wrote() {
         .find(|p| p["name"] == "view_accounts")
         .expect("the accounts view's checkpoint");
     assert_eq!(view["behind_events"], 0);
+    assert_eq!(view["running"], false, "the example has exited");
     assert_eq!(view["parked"], 0);
     assert_eq!(view["lag_seconds"], 0.0);
     let status = es_json(&s, &["status"]);

@@ -167,6 +167,16 @@ impl PgEventStore {
         Ok(progress)
     }
 
+    /// Whether an instance of the projection `name` is running now,
+    /// anywhere (some session holds its lock), without taking the lock.
+    pub async fn projection_running(&self, name: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar(crate::queries::ADVISORY_LOCK_HELD)
+            .bind(lock_key(self, name))
+            .fetch_one(self.pool())
+            .await
+            .map_err(unavailable_or_backend)
+    }
+
     /// The parked events of a projection, in log order.
     pub async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>, StoreError> {
         let rows = sqlx::query(&self.inner.queries.parked_events)

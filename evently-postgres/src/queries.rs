@@ -89,6 +89,14 @@ pub(crate) const OLDEST_TRANSACTION: &str =
 /// Takes a session advisory lock on a text key (`$1`), if free.
 pub(crate) const TRY_ADVISORY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 
+/// Whether some session of this database holds the advisory lock on a text
+/// key (`$1`): a bigint key shows in `pg_locks` as its high and low halves.
+pub(crate) const ADVISORY_LOCK_HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks l \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND l.classid::text::bigint = ((hashtextextended($1, 0) >> 32) & 4294967295) \
+       AND l.objid::text::bigint = (hashtextextended($1, 0) & 4294967295))";
+
 /// Releases a session advisory lock on a text key (`$1`).
 pub(crate) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
 

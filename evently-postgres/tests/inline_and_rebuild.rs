@@ -338,8 +338,11 @@ async fn a_rebuild_under_a_name_that_has_a_checkpoint_is_refused_and_changes_not
     assert_eq!(totals(&store, &format!("{s}.totals_v1")).await, expected);
 
     // While an instance runs, even a forced rebuild is refused.
+    assert!(!store.projection_running("totals_v1").await.unwrap());
     let live = store.run_projection(v1(&s), ProjectionOptions::default());
     live.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    assert!(store.projection_running("totals_v1").await.unwrap());
+    assert!(!store.projection_running("totals_v2").await.unwrap());
     for force in [false, true] {
         let refused = if force {
             store
@@ -384,6 +387,7 @@ async fn a_rebuild_under_a_name_that_has_a_checkpoint_is_refused_and_changes_not
         expected["acct-0"] + 1
     );
     live.stop().await;
+    assert!(!store.projection_running("totals_v1").await.unwrap());
 }
 
 /// Forced, a rebuild under the name replays the log from zero into its

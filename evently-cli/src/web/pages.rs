@@ -282,11 +282,12 @@ pub(crate) fn projections(rows: &[ProjectionRow], history: &[Sample]) -> Respons
             h1 { "Projections" }
             p.muted { "Lag: how long the oldest event a projection has not processed has waited. Sampled every 2 s; this page reloads every 5 s." }
             table id="projections" {
-                thead { tr { th { "Projection" } th { "Position" } th { "Behind" } th { "Lag" } th { "Parked" } th { "Updated" } } }
+                thead { tr { th { "Projection" } th { "State" } th { "Position" } th { "Behind" } th { "Lag" } th { "Parked" } th { "Updated" } } }
                 tbody {
                     @for p in rows {
                         tr {
                             td { (p.name) }
+                            td { @if p.running { "running" } @else { "stopped" } }
                             td { (p.position) }
                             td { (p.behind_events) }
                             td { (format!("{:.1} s", p.lag_seconds)) }
