@@ -561,24 +561,6 @@ pub(crate) mod view_sink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_names_are_plain_identifiers() {
-        for good in ["es", "billing_events", "_x", "a1"] {
-            assert!(SchemaName::new(good).is_ok(), "{good}");
-        }
-        for bad in ["", "1a", "Es", "a-b", "a\"b", "a;drop", &"x".repeat(51)] {
-            assert!(
-                matches!(SchemaName::new(bad), Err(SetupError::InvalidSchemaName(_))),
-                "{bad}"
-            );
-        }
-    }
-}
-
 /// The set-based append of several streams in one statement (group commit,
 /// `append_ordered_in`); with `times`, each event's recording time comes
 /// in a twelfth array instead of `now()` (a copied log keeps its times).
@@ -627,4 +609,22 @@ fn append_set(s: &impl std::fmt::Display, times: bool) -> String {
                  SELECT a.idx::integer, i.position, i.stream_version, i.recorded_at \
                  FROM i JOIN a ON a.stream = i.stream_id ORDER BY i.position"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["es", "billing_events", "_x", "a1"] {
+            assert!(SchemaName::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1a", "Es", "a-b", "a\"b", "a;drop", &"x".repeat(51)] {
+            assert!(
+                matches!(SchemaName::new(bad), Err(SetupError::InvalidSchemaName(_))),
+                "{bad}"
+            );
+        }
+    }
 }
