@@ -1,0 +1,326 @@
+//! The write path: one transaction on the one write connection, with the
+//! file's write lock taken up front (`BEGIN IMMEDIATE`).
+
+use evently_core::{CommandRecord, NewEvent, RecordedEvent, StoreError, StreamAppend, StreamId};
+use sqlx::sqlite::SqliteConnection;
+
+use crate::error::{self, SQLITE_BUSY, SQLITE_LOCKED};
+use crate::{head_of, id_text, now, recorded, SqliteEventStore, COLUMNS};
+
+/// Starts a write transaction, waiting for another process's lock up to
+/// the busy time-out.
+pub(crate) async fn begin(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| match error::code(&e) {
+            Some(SQLITE_BUSY | SQLITE_LOCKED) => StoreError::unavailable(format!(
+                "the event store's file is locked by another process for longer than the busy time-out: {e}"
+            )),
+            _ => error::store(e),
+        })
+}
+
+/// Commits on `Ok`, rolls back on `Err`.
+pub(crate) async fn finish<T>(
+    conn: &mut SqliteConnection,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(value),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(error::store(e))
+            }
+        },
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+impl SqliteEventStore {
+    /// Runs `f` in a write transaction on the write connection.
+    pub(crate) async fn in_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut SqliteConnection,
+        ) -> futures::future::BoxFuture<'c, Result<T, StoreError>>,
+    {
+        let mut conn = self.inner.writer.lock().await;
+        begin(&mut conn).await?;
+        let result = f(&mut conn).await;
+        finish(&mut conn, result).await
+    }
+
+    /// Appends (checked all first, then written, in one transaction), with
+    /// the command that caused them when there is one.
+    pub(crate) async fn append_now(
+        &self,
+        writes: Vec<StreamAppend>,
+        command: Option<&CommandRecord>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        evently_core::backend::check_appends(&writes)?;
+        let command = command.cloned();
+        let (results, head) = self
+            .in_write(move |conn| {
+                Box::pin(async move { write_all(conn, writes, command.as_ref()).await })
+            })
+            .await?;
+        self.publish(head);
+        Ok(results)
+    }
+}
+
+async fn stored_event(
+    conn: &mut SqliteConnection,
+    id: uuid::Uuid,
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?"))
+        .bind(id_text(id))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(error::store)?;
+    row.as_ref().map(recorded).transpose()
+}
+
+fn duplicate(stored: &RecordedEvent, reason: &str) -> StoreError {
+    StoreError::DuplicateEventId {
+        event_id: stored.event_id,
+        stored_in: stored.stream_id.clone(),
+        stored_version: stored.stream_version,
+        reason: reason.to_owned(),
+    }
+}
+
+/// If every event id of `events` is stored, as these events, in this
+/// order, in this stream: the stored events (a retried append). A partial
+/// or different reuse of stored ids is an error.
+async fn replayed(
+    conn: &mut SqliteConnection,
+    stream_id: &StreamId,
+    events: &[NewEvent],
+) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+    let mut found: Vec<RecordedEvent> = Vec::new();
+    for (i, new) in events.iter().enumerate() {
+        let Some(stored) = stored_event(conn, new.event_id).await? else {
+            if let Some(first) = found.first() {
+                return Err(duplicate(
+                    first,
+                    "the append mixes stored and new event ids",
+                ));
+            }
+            continue;
+        };
+        if stored.stream_id != *stream_id {
+            return Err(duplicate(&stored, "the id belongs to another stream"));
+        }
+        if found.len() != i {
+            return Err(duplicate(
+                &stored,
+                "the append mixes stored and new event ids",
+            ));
+        }
+        if let Some(previous) = found.last() {
+            if previous.stream_version + 1 != stored.stream_version {
+                return Err(duplicate(
+                    &stored,
+                    "the events were stored in another order",
+                ));
+            }
+        }
+        if stored.event_type != new.event_type
+            || stored.schema_version != new.schema_version
+            || !stored.data.same_json(&new.payload)
+            || stored.metadata != new.metadata
+        {
+            return Err(duplicate(&stored, "the stored event has other content"));
+        }
+        found.push(stored);
+    }
+    Ok((!found.is_empty()).then_some(found))
+}
+
+/// A stream's version and whether it is closed.
+pub(crate) async fn stream_state(
+    conn: &mut SqliteConnection,
+    stream_id: &StreamId,
+) -> Result<(u64, bool), StoreError> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, closed FROM streams WHERE stream_id = ?")
+            .bind(stream_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(error::store)?;
+    Ok(row.map_or((0, false), |(v, c)| (v as u64, c != 0)))
+}
+
+/// The accepted execution of a command id: its stream and versions.
+pub(crate) async fn accepted(
+    conn: &mut SqliteConnection,
+    command_id: uuid::Uuid,
+) -> Result<Option<(String, i64, i64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT stream_id, first_version, last_version FROM commands WHERE command_id = ? AND outcome = 'accepted'",
+    )
+    .bind(id_text(command_id))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(error::store)
+}
+
+fn json<T: serde::Serialize + ?Sized>(
+    stream_id: &StreamId,
+    value: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::InvalidAppend {
+        stream_id: stream_id.clone(),
+        reason: format!("metadata does not serialize: {e}"),
+    })
+}
+
+async fn write_all(
+    conn: &mut SqliteConnection,
+    writes: Vec<StreamAppend>,
+    command: Option<&CommandRecord>,
+) -> Result<(Vec<Vec<RecordedEvent>>, u64), StoreError> {
+    // Check every stream before writing any.
+    let mut plans = Vec::with_capacity(writes.len());
+    for write in &writes {
+        if let Some(replayed) = replayed(conn, &write.stream_id, &write.events).await? {
+            plans.push(Err(replayed));
+            continue;
+        }
+        if let Some(command) = command {
+            if let Some((stream, first, last)) = accepted(conn, command.command_id).await? {
+                return Err(StoreError::CommandAlreadyExecuted {
+                    command_id: command.command_id,
+                    stream_id: StreamId::from(stream.as_str()),
+                    first_version: first as u64,
+                    last_version: last as u64,
+                });
+            }
+        }
+        let (current, closed) = stream_state(conn, &write.stream_id).await?;
+        if closed {
+            return Err(StoreError::StreamClosed {
+                stream_id: write.stream_id.clone(),
+            });
+        }
+        if !write.expected.matches(current) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream_id: write.stream_id.clone(),
+                expected: write.expected,
+                actual: current,
+            });
+        }
+        plans.push(Ok(current));
+    }
+
+    let mut position = head_of(&mut *conn).await.map_err(error::store)?;
+    let recorded_at = now();
+    let micros = recorded_at.timestamp_micros();
+    let mut results = Vec::with_capacity(writes.len());
+    for (write, plan) in writes.into_iter().zip(plans) {
+        let current = match plan {
+            Ok(current) => current,
+            Err(replayed) => {
+                results.push(replayed);
+                continue;
+            }
+        };
+        let stream_id = write.stream_id;
+        let mut recorded = Vec::with_capacity(write.events.len());
+        for (i, e) in write.events.into_iter().enumerate() {
+            position += 1;
+            let version = current + 1 + i as u64;
+            let metadata = json(&stream_id, &e.metadata)?;
+            sqlx::query(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
+                 payload, metadata, correlation_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(position as i64)
+            .bind(id_text(e.event_id))
+            .bind(stream_id.as_str())
+            .bind(version as i64)
+            .bind(&*e.event_type)
+            .bind(i64::from(e.schema_version))
+            .bind(e.payload.as_str())
+            .bind(&metadata)
+            .bind(e.metadata.correlation_id.map(id_text))
+            .bind(micros)
+            .execute(&mut *conn)
+            .await
+            .map_err(error::store)?;
+            recorded.push(RecordedEvent {
+                event_id: e.event_id,
+                stream_id: stream_id.clone(),
+                stream_version: version,
+                global_position: position,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                data: e.payload,
+                metadata: e.metadata,
+                recorded_at,
+            });
+        }
+        if let (Some(first), Some(last)) = (recorded.first(), recorded.last()) {
+            sqlx::query(
+                "INSERT INTO streams (stream_id, version) VALUES (?, ?) \
+                 ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+            )
+            .bind(stream_id.as_str())
+            .bind(last.stream_version as i64)
+            .execute(&mut *conn)
+            .await
+            .map_err(error::store)?;
+            if let Some(command) = command {
+                insert_command(
+                    conn,
+                    command,
+                    &stream_id,
+                    "accepted",
+                    Some((first.stream_version, last.stream_version)),
+                    None,
+                    micros,
+                )
+                .await?;
+            }
+        }
+        results.push(recorded);
+    }
+    Ok((results, position))
+}
+
+/// Adds a command to the journal.
+pub(crate) async fn insert_command(
+    conn: &mut SqliteConnection,
+    command: &CommandRecord,
+    stream_id: &StreamId,
+    outcome: &str,
+    versions: Option<(u64, u64)>,
+    error: Option<&str>,
+    micros: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO commands (command_id, command_type, stream_id, outcome, first_version, last_version, \
+         error, payload, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id_text(command.command_id))
+    .bind(&command.command_type)
+    .bind(stream_id.as_str())
+    .bind(outcome)
+    .bind(versions.map(|v| v.0 as i64))
+    .bind(versions.map(|v| v.1 as i64))
+    .bind(error)
+    .bind(command.payload.as_ref().map(|p| p.as_str().to_owned()))
+    .bind(json(stream_id, &command.metadata)?)
+    .bind(micros)
+    .execute(&mut *conn)
+    .await
+    .map_err(error::store)?;
+    Ok(())
+}
