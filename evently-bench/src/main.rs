@@ -21,6 +21,7 @@ mod domain;
 mod floors;
 mod nats;
 mod report;
+mod sqlite;
 mod support;
 mod transfers;
 mod workloads;
@@ -218,6 +219,10 @@ const GROUPS: &[&[&str]] = &[
     &["W9"],
     &["W10-local", "W10-1", "W10-2", "W10-3"],
     &["W11"],
+    &["SF@W2", "S-W2"],
+    &["SF@W3", "S-W3"],
+    &["S-F3", "S-W4"],
+    &["SF@W5", "S-W5"],
 ];
 
 /// Each framework workload and the floor it is measured against; their
@@ -235,6 +240,10 @@ const PAIRS: &[(&str, &str)] = &[
     ("W10-1", "W10-local"),
     ("W10-2", "W10-local"),
     ("W10-3", "W10-local"),
+    ("S-W2", "SF@W2"),
+    ("S-W3", "SF@W3"),
+    ("S-W4", "S-F3"),
+    ("S-W5", "SF@W5"),
 ];
 
 /// Loads timed per run in W4 and F3 (after one warm-up load).
@@ -340,6 +349,20 @@ async fn run_item(ctx: Context, item: String) -> Result<Vec<Measurement>, BoxErr
         "W10-2" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 2, ctx.setup).await?),
         "W10-3" => one(nats::w10(url, &ctx.nats_url, s.w10_commands, 3, ctx.setup).await?),
         "W11" => one(transfers::w11(url, s.w11_transfers, ctx.setup).await?),
+        "SF@W2" => one(sqlite::floor_distinct(item, 1, 1, s.w2_deposits).await?),
+        "S-W2" => one(sqlite::w2(s.w2_deposits).await?),
+        "SF@W3" => one(sqlite::floor_distinct(
+            item,
+            s.w3_tasks,
+            s.w3_accounts.div_ceil(s.w3_tasks),
+            s.w3_deposits,
+        )
+        .await?),
+        "S-W3" => one(sqlite::w3(s.w3_accounts, s.w3_deposits, s.w3_tasks).await?),
+        "S-F3" => one(sqlite::f3(s.w4_events, REPLAY_LOADS).await?),
+        "S-W4" => one(sqlite::w4(s.w4_events, REPLAY_LOADS).await?),
+        "SF@W5" => one(sqlite::floor_shared(item, s.w5_tasks, s.w5_deposits).await?),
+        "S-W5" => one(sqlite::w5(s.w5_tasks, s.w5_deposits).await?),
         other => Err(format!("no such workload or floor: {other}").into()),
     }
 }

@@ -54,6 +54,9 @@ use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
 pub use error::SetupError;
+/// The sqlx this store is built on (its SQLite driver), for your own
+/// queries on [`SqliteEventStore::pool`].
+pub use sqlx;
 
 /// The migrations, in order: (version, description, SQL).
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
@@ -208,31 +211,7 @@ impl From<sqlx::Error> for Migrate {
 /// Applies the migrations the file lacks, each in a write transaction.
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), Migrate> {
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let result = async {
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-        )
-        .execute(&mut *conn)
-        .await?;
-        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            .fetch_one(&mut *conn)
-            .await?;
-        let known = MIGRATIONS.last().map_or(0, |m| m.0);
-        if current > known {
-            return Err(Migrate::Newer(current));
-        }
-        for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            sqlx::raw_sql(sql).execute(&mut *conn).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)")
-                .bind(version)
-                .bind(description)
-                .bind(Utc::now().timestamp_micros())
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
-    }
-    .await;
+    let result = migrate_in(conn).await;
     match result {
         Ok(()) => {
             sqlx::query("COMMIT").execute(&mut *conn).await?;
@@ -245,7 +224,46 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), Migrate> {
     }
 }
 
-async fn head_of<'e, E: sqlx::SqliteExecutor<'e>>(conn: E) -> Result<u64, sqlx::Error> {
+async fn head_of(conn: &SqlitePool) -> Result<u64, sqlx::Error> {
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(conn)
+        .await?;
+    Ok(head as u64)
+}
+
+/// The migrations' statements, inside the write transaction (a function
+/// of its own rather than an async block, so the open future stays `Send`).
+async fn migrate_in(conn: &mut SqliteConnection) -> Result<(), Migrate> {
+    sqlx::Executor::execute(
+        &mut *conn,
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *conn)
+            .await?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(Migrate::Newer(current));
+    }
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        sqlx::Executor::execute(&mut *conn, *sql).await?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+        )
+        .bind(version)
+        .bind(description)
+        .bind(Utc::now().timestamp_micros())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The log's last position, read on the write connection (inside its
+/// transaction).
+pub(crate) async fn head_in(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
     let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
         .fetch_one(conn)
         .await?;

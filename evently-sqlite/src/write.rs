@@ -5,7 +5,7 @@ use evently_core::{CommandRecord, NewEvent, RecordedEvent, StoreError, StreamApp
 use sqlx::sqlite::SqliteConnection;
 
 use crate::error::{self, SQLITE_BUSY, SQLITE_LOCKED};
-use crate::{head_of, id_text, now, recorded, SqliteEventStore, COLUMNS};
+use crate::{head_in, id_text, now, recorded, SqliteEventStore, COLUMNS};
 
 /// Starts a write transaction, waiting for another process's lock up to
 /// the busy time-out.
@@ -220,7 +220,7 @@ async fn write_all(
         plans.push(Ok(current));
     }
 
-    let mut position = head_of(&mut *conn).await.map_err(error::store)?;
+    let mut position = head_in(&mut *conn).await.map_err(error::store)?;
     let recorded_at = now();
     let micros = recorded_at.timestamp_micros();
     let mut results = Vec::with_capacity(writes.len());
