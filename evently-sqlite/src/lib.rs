@@ -189,6 +189,7 @@ impl SqliteEventStoreBuilder {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
+                queue: Default::default(),
                 readers,
                 head: watch::Sender::new(head),
                 poll_interval: self.poll_interval,
@@ -280,6 +281,8 @@ struct Inner {
     path: PathBuf,
     /// The one write connection: appends queue here.
     writer: Mutex<SqliteConnection>,
+    /// Appends waiting for the write connection (group commit).
+    queue: std::sync::Mutex<Vec<write::Pending>>,
     readers: SqlitePool,
     /// The last position this process appended or saw.
     head: watch::Sender<u64>,

@@ -56,23 +56,101 @@ impl SqliteEventStore {
         finish(&mut conn, result).await
     }
 
-    /// Appends (checked all first, then written, in one transaction), with
-    /// the command that caused them when there is one.
+    /// Appends (checked all first, then written, all or nothing), with the
+    /// command that caused them when there is one.
+    ///
+    /// Group commit: the append joins a queue, then waits for the write
+    /// connection; whoever holds it writes every queued append in one
+    /// transaction, each in a savepoint of its own (a refused append rolls
+    /// back alone), with one sync to disk for all of them. Alone, an
+    /// append is its own group.
     pub(crate) async fn append_now(
         &self,
         writes: Vec<StreamAppend>,
         command: Option<&CommandRecord>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         evently_core::backend::check_appends(&writes)?;
-        let command = command.cloned();
-        let (results, head) = self
-            .in_write(move |conn| {
-                Box::pin(async move { write_all(conn, writes, command.as_ref()).await })
-            })
-            .await?;
-        self.publish(head);
-        Ok(results)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending {
+                writes,
+                command: command.cloned(),
+                reply,
+            });
+        {
+            let mut conn = self.inner.writer.lock().await;
+            let batch =
+                std::mem::take(&mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if !batch.is_empty() {
+                let head = commit_group(&mut conn, batch).await;
+                self.publish(head);
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::unavailable(
+                "the append's group was dropped before it committed",
+            ))
+        })
     }
+}
+
+/// An append waiting for the write connection.
+pub(crate) struct Pending {
+    writes: Vec<StreamAppend>,
+    command: Option<CommandRecord>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<RecordedEvent>>, StoreError>>,
+}
+
+/// Writes a group of appends in one transaction and answers each; returns
+/// the head after it.
+async fn commit_group(conn: &mut SqliteConnection, group: Vec<Pending>) -> u64 {
+    if let Err(e) = begin(conn).await {
+        let message = e.to_string();
+        for p in group {
+            let _ = p.reply.send(Err(StoreError::unavailable(message.clone())));
+        }
+        return 0;
+    }
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    let mut head = 0;
+    for p in group {
+        replies.push(p.reply);
+        let outcome = match sqlx::query("SAVEPOINT append").execute(&mut *conn).await {
+            Err(e) => Err(error::store(e)),
+            Ok(_) => {
+                let result = write_all(conn, p.writes, p.command.as_ref()).await;
+                let end = if result.is_ok() {
+                    "RELEASE append"
+                } else {
+                    "ROLLBACK TO append; RELEASE append"
+                };
+                match sqlx::Executor::execute(&mut *conn, end).await {
+                    Ok(_) => result,
+                    Err(e) => Err(error::store(e)),
+                }
+            }
+        };
+        if let Ok((_, h)) = &outcome {
+            head = head.max(*h);
+        }
+        outcomes.push(outcome.map(|(results, _)| results));
+    }
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let message = format!("the commit failed, nothing of this append was stored: {e}");
+        for reply in replies {
+            let _ = reply.send(Err(StoreError::unavailable(message.clone())));
+        }
+        return 0;
+    }
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
+    }
+    head
 }
 
 async fn stored_event(
