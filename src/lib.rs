@@ -43,6 +43,11 @@ pub use evently_memory as memory;
 #[cfg(feature = "postgres")]
 pub use evently_postgres as postgres;
 
+/// The SQLite store (feature `sqlite`): `evently::sqlite::SqliteEventStore`,
+/// a durable log in one file.
+#[cfg(feature = "sqlite")]
+pub use evently_sqlite as sqlite;
+
 /// The log on NATS JetStream (feature `nats`): `evently::nats::Publisher`.
 #[cfg(feature = "nats")]
 pub use evently_nats as nats;
