@@ -277,7 +277,7 @@ async fn closed_and_erased_streams_refuse_commands<
     }
 }
 
-on_both_stores!(
+on_every_store!(
     a_repeated_command_returns_its_first_outcome,
     a_command_sent_concurrently_executes_once,
     the_journal_shows_what_was_asked_and_what_it_caused,

@@ -299,7 +299,7 @@ async fn a_retry_that_loses_to_its_own_first_attempt_returns_that_outcome<
     );
 }
 
-on_both_stores!(
+on_every_store!(
     a_retry_that_loses_to_its_own_first_attempt_returns_that_outcome,
     a_burst_does_not_leave_the_cache_past_its_capacity,
     a_warm_command_reads_nothing,

@@ -292,7 +292,7 @@ async fn projections_see_upcasted_events<S: EventStore>(store: S) {
     assert_eq!(Fees.handles(), ["FeeCharged"]);
 }
 
-on_both_stores!(
+on_every_store!(
     old_events_load_into_todays_types,
     a_missing_upcaster_is_a_clear_error,
     projections_see_upcasted_events,

@@ -600,7 +600,7 @@ async fn a_batch_gives_what_event_by_event_gives<S: ViewStore + EventStore>(stor
     );
 }
 
-on_both_stores!(
+on_every_store!(
     a_batch_gives_what_event_by_event_gives,
     survives_crashes_mid_catch_up,
     a_nul_in_a_document_fails_on_every_store,

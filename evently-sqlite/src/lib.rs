@@ -33,6 +33,8 @@
 
 mod capabilities;
 mod error;
+mod projection;
+mod view;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -59,11 +61,18 @@ pub use error::SetupError;
 pub use sqlx;
 
 /// The migrations, in order: (version, description, SQL).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "events, streams, commands, snapshots",
-    include_str!("schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "events, streams, commands, snapshots",
+        include_str!("schema.sql"),
+    ),
+    (
+        2,
+        "projection checkpoints, parked events, leases",
+        include_str!("projections.sql"),
+    ),
+];
 
 /// How many events a subscriber reads at a time.
 const SUBSCRIPTION_PAGE: usize = 256;

@@ -8,18 +8,34 @@ use crate::error::{self, SQLITE_BUSY, SQLITE_LOCKED};
 use crate::{head_in, id_text, now, recorded, SqliteEventStore, COLUMNS};
 
 /// Starts a write transaction, waiting for another process's lock up to
-/// the busy time-out.
+/// the busy time-out. A transaction left open by a write whose future was
+/// dropped midway (a cancelled caller, an aborted runner) is rolled back
+/// first: it never committed, and its caller never got an answer.
 pub(crate) async fn begin(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| match error::code(&e) {
-            Some(SQLITE_BUSY | SQLITE_LOCKED) => StoreError::unavailable(format!(
-                "the event store's file is locked by another process for longer than the busy time-out: {e}"
-            )),
-            _ => error::store(e),
-        })
+    match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("within a transaction") => {
+            sqlx::query("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .map_err(error::store)?;
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+                .map_err(busy)
+        }
+        Err(e) => Err(busy(e)),
+    }
+}
+
+fn busy(e: sqlx::Error) -> StoreError {
+    match error::code(&e) {
+        Some(SQLITE_BUSY | SQLITE_LOCKED) => StoreError::unavailable(format!(
+            "the event store's file is locked by another process for longer than the busy time-out: {e}"
+        )),
+        _ => error::store(e),
+    }
 }
 
 /// Commits on `Ok`, rolls back on `Err`.

@@ -27,6 +27,33 @@ macro_rules! on_both_stores {
     };
 }
 
+/// The tests on the memory store, PostgreSQL and SQLite (what needs
+/// deadlines runs on the first two: `on_both_stores!`).
+#[allow(unused_macros)] // deadlines and process managers are not on SQLite yet
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        on_both_stores!($($test),*);
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(crate::common::fresh_sqlite_store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+/// A store in a file of its own under `target/tmp`.
+pub async fn fresh_sqlite_store() -> evently_sqlite::SqliteEventStore {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqlite-stores");
+    std::fs::create_dir_all(&dir).expect("a directory for the test's file");
+    evently_sqlite::SqliteEventStore::open(dir.join(format!("{}.db", uuid::Uuid::now_v7())))
+        .await
+        .expect("open a fresh SQLite store")
+}
+
 /// A store in a new schema of its own; fails, saying why, when PostgreSQL
 /// cannot be reached.
 pub async fn fresh_pg_store() -> evently_postgres::PgEventStore {
