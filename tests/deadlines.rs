@@ -194,7 +194,7 @@ async fn racing_runners_fire_each_deadline_once<S: DeadlineStore>(store: S) {
     two.abort();
 }
 
-on_both_stores!(
+on_every_store!(
     due_deadlines_are_claimed_once_per_lease_and_completed_by_their_claim,
     scheduling_again_changes_nothing_moving_replaces_and_cancel_removes,
     racing_runners_fire_each_deadline_once,

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod capabilities;
+mod deadlines;
 mod error;
 mod projection;
 mod view;
@@ -72,6 +73,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projection checkpoints, parked events, leases",
         include_str!("projections.sql"),
     ),
+    (3, "deadlines", include_str!("deadlines.sql")),
 ];
 
 /// How many events a subscriber reads at a time.

@@ -14,6 +14,13 @@ use crate::error;
 use crate::write::{begin, finish};
 use crate::{id_text, now, SqliteEventStore};
 
+tokio::task_local! {
+    /// Set while a projection's handlers run inside a batch: the batch
+    /// holds the file's one writer, so an append from there would wait for
+    /// itself.
+    pub(crate) static IN_BATCH: ();
+}
+
 /// How long a lease lasts without a batch renewing it.
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -188,8 +195,8 @@ async fn apply_in<P: Projection<Sink = SqliteConnection>>(
     to: u64,
 ) -> Result<(), BatchError> {
     hold(conn, projection.name(), holder).await?;
-    projection
-        .apply_batch(&mut *conn, events)
+    IN_BATCH
+        .scope((), projection.apply_batch(&mut *conn, events))
         .await
         .map_err(|(index, error)| BatchError::Handler { index, error })?;
     move_checkpoint(conn, projection.name(), from, to).await

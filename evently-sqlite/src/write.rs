@@ -66,6 +66,7 @@ impl SqliteEventStore {
             &'c mut SqliteConnection,
         ) -> futures::future::BoxFuture<'c, Result<T, StoreError>>,
     {
+        reentry()?;
         let mut conn = self.inner.writer.lock().await;
         begin(&mut conn).await?;
         let result = f(&mut conn).await;
@@ -86,6 +87,7 @@ impl SqliteEventStore {
         command: Option<&CommandRecord>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         evently_core::backend::check_appends(&writes)?;
+        reentry()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.inner
             .queue
@@ -111,6 +113,19 @@ impl SqliteEventStore {
             ))
         })
     }
+}
+
+/// Refuses a write from inside a projection's batch (which holds the
+/// writer) instead of waiting for ever.
+fn reentry() -> Result<(), StoreError> {
+    if crate::projection::IN_BATCH.try_with(|_| ()).is_ok() {
+        return Err(StoreError::Backend(
+            "a projection's handler on SQLite cannot write through the store: its batch holds the file's one writer \
+             (write through the handler's connection instead; process managers are not supported on SQLite yet)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// An append waiting for the write connection.

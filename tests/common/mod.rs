@@ -29,7 +29,6 @@ macro_rules! on_both_stores {
 
 /// The tests on the memory store, PostgreSQL and SQLite (what needs
 /// deadlines runs on the first two: `on_both_stores!`).
-#[allow(unused_macros)] // deadlines and process managers are not on SQLite yet
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
         on_both_stores!($($test),*);
