@@ -145,6 +145,18 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Pending>) -> u64 {
         }
         return 0;
     }
+    // An append alone needs no savepoint: when it is refused, the whole
+    // transaction rolls back.
+    if group.len() == 1 {
+        let Some(p) = group.into_iter().next() else {
+            return 0;
+        };
+        let result = write_all(conn, p.writes, p.command.as_ref()).await;
+        let result = finish(conn, result).await;
+        let head = result.as_ref().map_or(0, |(_, h)| *h);
+        let _ = p.reply.send(result.map(|(results, _)| results));
+        return head;
+    }
     let mut outcomes = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
     let mut head = 0;
