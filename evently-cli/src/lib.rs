@@ -62,6 +62,7 @@ mod log;
 mod output;
 mod projections;
 mod store;
+mod verify;
 mod web;
 
 use std::ffi::OsString;
@@ -74,15 +75,13 @@ use evently_core::view::View;
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
 
-pub use copy::{
-    check_export, export, import, verify, ExportFile, ExportFilter, ImportReport, VerifyReport,
-    FORMAT,
-};
+pub use copy::{check_export, export, import, ExportFile, ExportFilter, ImportReport, FORMAT};
 pub use error::{CliError, Exit};
 /// The progress bar [`export`], [`import`] and [`verify`] advance
 /// (`ProgressBar::hidden()` for none).
 pub use indicatif::ProgressBar;
 pub use store::{CommandView, EventView, Inspector, ProjectionRow, StreamRow};
+pub use verify::{verify, VerifyReport};
 
 use args::Command;
 

@@ -251,32 +251,27 @@ impl Inspector {
 
     /// Streams whose id starts with `prefix`, in id order.
     pub async fn streams(&self, prefix: &str, limit: u32) -> Result<Vec<StreamRow>, CliError> {
-        let sql = format!(
-            "SELECT s.stream_id, s.version, s.closed, s.last_position, e.recorded_at \
-             FROM {s}.streams s LEFT JOIN {s}.events e ON e.position = s.last_position \
-             WHERE starts_with(s.stream_id, $1) ORDER BY s.stream_id LIMIT $2",
-            s = self.schema
-        );
-        let rows = sqlx::query(&sql)
-            .bind(prefix)
-            .bind(i64::from(limit))
-            .fetch_all(self.store.pool())
-            .await?;
-        rows.iter()
-            .map(Self::stream_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        self.streams_where("starts_with(s.stream_id, $1)", prefix, limit)
+            .await
     }
 
     /// Streams whose id contains `text`, in id order.
     pub async fn search_streams(&self, text: &str, limit: u32) -> Result<Vec<StreamRow>, CliError> {
-        if text.is_empty() {
-            return self.streams("", limit).await;
-        }
+        self.streams_where("strpos(s.stream_id, $1) > 0", text, limit)
+            .await
+    }
+
+    /// Streams matching `condition` on `$1` = `text`, in id order.
+    async fn streams_where(
+        &self,
+        condition: &str,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<StreamRow>, CliError> {
         let sql = format!(
             "SELECT s.stream_id, s.version, s.closed, s.last_position, e.recorded_at \
              FROM {s}.streams s LEFT JOIN {s}.events e ON e.position = s.last_position \
-             WHERE strpos(s.stream_id, $1) > 0 ORDER BY s.stream_id LIMIT $2",
+             WHERE {condition} ORDER BY s.stream_id LIMIT $2",
             s = self.schema
         );
         let rows = sqlx::query(&sql)

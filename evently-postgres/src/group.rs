@@ -15,8 +15,9 @@ use evently_core::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamI
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::append::{expected_arg, recorded};
+use crate::append::recorded;
 use crate::error::unavailable_or_backend;
+use crate::set::SetArgs;
 use crate::{Inner, PgEventStore};
 
 /// Most appends in one batch.
@@ -179,46 +180,12 @@ async fn commit(store: PgEventStore, batch: Vec<Pending>) {
         return each_alone(&store, set).await;
     }
     let total: usize = set.iter().map(|p| p.events.len()).sum();
-    let mut streams = Vec::with_capacity(set.len());
-    let mut kinds = Vec::with_capacity(set.len());
-    let mut expected = Vec::with_capacity(set.len());
-    let mut counts = Vec::with_capacity(set.len());
-    let mut owners = Vec::with_capacity(total);
-    let mut ks = Vec::with_capacity(total);
-    let mut ids = Vec::with_capacity(total);
-    let mut types = Vec::with_capacity(total);
-    let mut versions = Vec::with_capacity(total);
-    let mut payloads = Vec::with_capacity(total);
-    let mut metadata = Vec::with_capacity(total);
-    for (i, p) in set.iter().enumerate() {
-        let (kind, version) = expected_arg(p.expected);
-        streams.push(p.stream_id.as_str());
-        kinds.push(kind);
-        expected.push(version);
-        counts.push(p.events.len() as i32);
-        for (k, (e, m)) in p.events.iter().zip(&p.metadata).enumerate() {
-            owners.push(i as i32 + 1);
-            ks.push(k as i32 + 1);
-            ids.push(e.event_id);
-            types.push(&*e.event_type);
-            // Checked by `check_events` before the append was queued.
-            versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
-            payloads.push(e.payload.as_str());
-            metadata.push(m.as_str());
-        }
+    let mut args = SetArgs::with_capacity(set.len(), total);
+    for p in &set {
+        args.push(&p.stream_id, p.expected, &p.events, &p.metadata);
     }
-    let result = sqlx::query(&store.inner.queries.append_set)
-        .bind(&streams)
-        .bind(&kinds)
-        .bind(&expected)
-        .bind(&counts)
-        .bind(&owners)
-        .bind(&ks)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
+    let result = args
+        .bind(sqlx::query(&store.inner.queries.append_set))
         .fetch_all(store.pool())
         .await;
     let rows = match result {

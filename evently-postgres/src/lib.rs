@@ -187,6 +187,7 @@ mod queries;
 mod read;
 mod rebuild;
 mod restore;
+mod set;
 mod setup;
 mod status;
 mod subscription;
