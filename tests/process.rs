@@ -370,7 +370,9 @@ where
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{transfer} stuck at {stage:?}"
+                "{transfer} stuck at {stage:?} (reactor {:?}, sender {:?})",
+                running.reactor.status(),
+                running.sender.status()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
@@ -448,7 +450,7 @@ where
     );
 }
 
-on_both_stores!(
+on_every_store!(
     transfers_complete_or_are_compensated_by_refusal_or_deadline,
     a_thousand_transfers_survive_closed_accounts_and_killed_runners,
 );

@@ -354,6 +354,10 @@ where
         &self.name
     }
 
+    fn uses_sink(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, _: &mut K, event: &RecordedEvent<P::Input>) -> Result<(), HandlerError> {
         let Some(id) = P::route(event) else {
             return Ok(());
@@ -384,6 +388,10 @@ where
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn uses_sink(&self) -> bool {
+        false
     }
 
     async fn apply(&self, _: &mut K, event: &RecordedEvent<P::Event>) -> Result<(), HandlerError> {

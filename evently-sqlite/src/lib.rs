@@ -192,7 +192,7 @@ impl SqliteEventStoreBuilder {
         })?;
         let readers = SqlitePoolOptions::new()
             .max_connections(self.readers)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(fail)?;
         let head = head_of(&readers).await.map_err(fail)?;
@@ -202,6 +202,7 @@ impl SqliteEventStoreBuilder {
                 writer: Mutex::new(writer),
                 queue: Default::default(),
                 readers,
+                options,
                 head: watch::Sender::new(head),
                 poll_interval: self.poll_interval,
             }),
@@ -295,6 +296,8 @@ struct Inner {
     /// Appends waiting for the write connection (group commit).
     queue: std::sync::Mutex<Vec<write::Pending>>,
     readers: SqlitePool,
+    /// How its connections open (for a connection of a runner's own).
+    options: SqliteConnectOptions,
     /// The last position this process appended or saw.
     head: watch::Sender<u64>,
     poll_interval: Duration,

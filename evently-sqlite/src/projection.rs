@@ -8,7 +8,7 @@ use evently_core::backend::{BatchError, ProjectionTarget};
 use evently_core::projection::{ParkedEvent, Projection, ProjectionHandle, ProjectionOptions};
 use evently_core::{EventSource, Payload, RecordedEvent, StoreError};
 use sqlx::sqlite::SqliteConnection;
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 
 use crate::error;
 use crate::write::{begin, finish};
@@ -40,6 +40,7 @@ impl evently_core::ProjectionStore for SqliteEventStore {
         let target = SqliteProjectionTarget {
             store: self.clone(),
             holder: uuid::Uuid::now_v7().to_string(),
+            detached: None,
         };
         evently_core::projection::run_projection(source, projection, target, options)
     }
@@ -97,6 +98,9 @@ struct SqliteProjectionTarget {
     store: SqliteEventStore,
     /// This instance's name on the lease.
     holder: String,
+    /// The sink of a projection that does not use it (opened at its first
+    /// batch).
+    detached: Option<SqliteConnection>,
 }
 
 /// A runner dropped without `release` (aborted in this process) gives its
@@ -229,6 +233,47 @@ async fn park_in(
     move_checkpoint(conn, name, from, event.global_position).await
 }
 
+impl SqliteProjectionTarget {
+    /// A batch of a projection that does not write through its sink (a
+    /// process manager's runners, which append through the store): its
+    /// handlers run without the writer (their sink is a read-only
+    /// connection of the runner's own: a write through it fails), then the
+    /// checkpoint moves in a transaction of its own.
+    async fn apply_outside<P: Projection<Sink = SqliteConnection>>(
+        &mut self,
+        projection: &P,
+        events: &[RecordedEvent<P::Event>],
+        from: u64,
+        to: u64,
+    ) -> Result<(), BatchError> {
+        let sink = match &mut self.detached {
+            Some(sink) => sink,
+            None => self.detached.insert(
+                self.store
+                    .inner
+                    .options
+                    .clone()
+                    .read_only(true)
+                    .connect()
+                    .await
+                    .map_err(error::store)?,
+            ),
+        };
+        projection
+            .apply_batch(sink, events)
+            .await
+            .map_err(|(index, error)| BatchError::Handler { index, error })?;
+        let mut conn = self.store.inner.writer.lock().await;
+        begin(&mut conn).await?;
+        let result = async {
+            hold(&mut conn, projection.name(), &self.holder).await?;
+            move_checkpoint(&mut conn, projection.name(), from, to).await
+        }
+        .await;
+        end(&mut conn, result).await
+    }
+}
+
 impl<P> ProjectionTarget<P> for SqliteProjectionTarget
 where
     P: Projection<Sink = SqliteConnection>,
@@ -281,6 +326,9 @@ where
         from: u64,
         to: u64,
     ) -> Result<(), BatchError> {
+        if !projection.uses_sink() {
+            return self.apply_outside(projection, events, from, to).await;
+        }
         let mut conn = self.store.inner.writer.lock().await;
         begin(&mut conn).await?;
         let result = apply_in(&mut conn, projection, &self.holder, events, from, to).await;

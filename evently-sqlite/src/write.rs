@@ -121,7 +121,7 @@ fn reentry() -> Result<(), StoreError> {
     if crate::projection::IN_BATCH.try_with(|_| ()).is_ok() {
         return Err(StoreError::Backend(
             "a projection's handler on SQLite cannot write through the store: its batch holds the file's one writer \
-             (write through the handler's connection instead; process managers are not supported on SQLite yet)"
+             (write through the handler's connection instead, or say the projection does not use its sink: `Projection::uses_sink`)"
                 .into(),
         ));
     }

@@ -46,8 +46,9 @@ impl Projection for Totals {
     }
 }
 
-/// Appends through the store from inside its handler: refused.
-struct Echo(SqliteEventStore);
+/// Appends through the store from inside its handler: refused, unless it
+/// says it does not use its sink (the second field).
+struct Echo(SqliteEventStore, bool);
 
 impl Projection for Echo {
     type Event = Ledger;
@@ -57,11 +58,18 @@ impl Projection for Echo {
         "echo"
     }
 
+    fn uses_sink(&self) -> bool {
+        self.1
+    }
+
     async fn apply(
         &self,
         _: &mut SqliteConnection,
         event: &RecordedEvent<Ledger>,
     ) -> Result<(), HandlerError> {
+        if event.stream_id.as_str() == "echoes" {
+            return Ok(());
+        }
         self.0
             .append(
                 &StreamId::from("echoes"),
@@ -166,7 +174,7 @@ async fn a_handler_that_writes_through_the_store_gets_an_error_not_a_hang() {
         )
         .await
         .unwrap();
-    let handle = store.run_projection(Echo(store.clone()), ProjectionOptions::default());
+    let handle = store.run_projection(Echo(store.clone(), true), ProjectionOptions::default());
     let mut watch = handle.watch();
     let failed = tokio::time::timeout(
         Duration::from_secs(20),
@@ -199,4 +207,80 @@ async fn a_handler_that_writes_through_the_store_gets_an_error_not_a_hang() {
         )
         .await
         .unwrap();
+}
+
+/// Writes into its sink though it said it does not use it.
+struct Liar;
+
+impl Projection for Liar {
+    type Event = Ledger;
+    type Sink = SqliteConnection;
+
+    fn name(&self) -> &str {
+        "liar"
+    }
+
+    fn uses_sink(&self) -> bool {
+        false
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        _: &RecordedEvent<Ledger>,
+    ) -> Result<(), HandlerError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS liar (n INTEGER)")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projection_without_a_sink_appends_through_the_store() {
+    let store = store().await;
+    for amount in 1..=5 {
+        store
+            .append(
+                &StreamId::from("acct-1"),
+                ExpectedVersion::Any,
+                vec![credit(amount)],
+            )
+            .await
+            .unwrap();
+    }
+    let handle = store.run_projection(Echo(store.clone(), false), ProjectionOptions::default());
+    // Each of the five credits is echoed once (positions 6 to 10).
+    handle.wait_for(10, Duration::from_secs(20)).await.unwrap();
+    handle.stop().await;
+    assert_eq!(store.checkpoint("echo").await.unwrap(), 10);
+    let echoes = store
+        .read_stream(&StreamId::from("echoes"), 1, 100)
+        .await
+        .unwrap();
+    let amounts: Vec<_> = echoes.iter().map(|e| e.data.as_str().to_owned()).collect();
+    assert_eq!(
+        amounts,
+        (1..=5)
+            .map(|n| format!("{{\"amount\":{n}}}"))
+            .collect::<Vec<_>>()
+    );
+
+    // Its sink is read-only: a write through it is an error, not a write
+    // outside the checkpoint's transaction.
+    let handle = store.run_projection(Liar, ProjectionOptions::default());
+    let mut watch = handle.watch();
+    let failed = tokio::time::timeout(
+        Duration::from_secs(20),
+        watch.wait_for(|s| matches!(s.state, ProjectionState::Failed(_))),
+    )
+    .await
+    .expect("the runner fails")
+    .unwrap()
+    .clone();
+    let ProjectionState::Failed(reason) = failed.state else {
+        unreachable!()
+    };
+    assert!(reason.contains("readonly"), "{reason}");
+    assert_eq!(store.checkpoint("liar").await.unwrap(), 0);
 }

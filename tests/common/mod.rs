@@ -27,9 +27,7 @@ macro_rules! on_both_stores {
     };
 }
 
-/// The tests on the memory store, PostgreSQL and SQLite (what needs
-/// deadlines runs on the first two: `on_both_stores!`).
-#[allow(unused_macros)] // process managers run on the memory store and PostgreSQL only
+/// The tests on the memory store, PostgreSQL and SQLite.
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
         on_both_stores!($($test),*);

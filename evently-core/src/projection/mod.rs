@@ -146,6 +146,19 @@ pub trait Projection: Send + Sync + 'static {
         <Self::Event as Event>::EVENT_TYPES
     }
 
+    /// Whether its handlers write through the sink: `true` unless said
+    /// otherwise. A projection whose handlers act elsewhere, through a
+    /// store's appends or another service's commands (a process manager's
+    /// reactor and sender), says `false`. A store whose sink is its one
+    /// writer (SQLite) then runs such handlers outside the batch's
+    /// transaction, so they may append, and moves the checkpoint after
+    /// them: a crash between the two runs them again, so they must be
+    /// idempotent (command ids derived from the event), as they must be
+    /// anyway wherever their effects are not in the sink's transaction.
+    fn uses_sink(&self) -> bool {
+        true
+    }
+
     /// Applies one event to the read model.
     fn apply(
         &self,
