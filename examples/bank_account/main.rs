@@ -10,10 +10,14 @@
 //! balance — current from the log, and the example answers from it: the
 //! same view type on both stores.
 //!
-//! Run it with `cargo run --example bank_account` (in memory), or on
-//! PostgreSQL with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
-//! cargo run --example bank_account` (in the schema `bank_example`, or
-//! `$BANK_SCHEMA`, which it resets first). Its tests, written with the given/when/then kit, run with
+//! Run it with `cargo run --example bank_account` (in memory), with
+//! `cargo run --example bank_account -- --store sqlite:bank.db` (in a
+//! SQLite file: run it again and it continues where the first run stopped),
+//! or with `-- --store postgres` (at `DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`, in the schema `bank_example`
+//! or `$BANK_SCHEMA`, which it resets first). `BANK_STORE` may name the
+//! store instead of `--store`; without either, a set `DATABASE_URL` means
+//! PostgreSQL. Its tests, written with the given/when/then kit, run with
 //! `cargo test --example bank_account`.
 
 use std::time::Duration;
@@ -27,6 +31,7 @@ use evently::view::{View, ViewStore};
 use evently::ProjectionStore;
 use evently_postgres::sqlx;
 use evently_postgres::PgEventStore;
+use evently_sqlite::SqliteEventStore;
 use serde::{Deserialize, Serialize};
 
 mod transfer;
@@ -202,8 +207,16 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             .run_with(args, &mut std::io::stdout(), &mut std::io::stderr())
             .await);
     }
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => {
+    let store = match store_choice(std::env::args().skip(1)) {
+        Ok(store) => store,
+        Err(message) => {
+            eprintln!("bank_account: {message}");
+            eprintln!("usage: bank_account [--store memory|sqlite:PATH|postgres]  (or BANK_STORE)");
+            return Ok(std::process::ExitCode::from(2));
+        }
+    };
+    match store {
+        StoreChoice::Postgres(url) => {
             let schema = std::env::var("BANK_SCHEMA").unwrap_or_else(|_| "bank_example".into());
             if !schema
                 .bytes()
@@ -211,7 +224,7 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             {
                 return Err(format!("BANK_SCHEMA {schema:?}: use a-z, 0-9 and _").into());
             }
-            println!("store: PostgreSQL at {url}, schema {schema}\n");
+            println!("store: PostgreSQL at {url}, schema {schema} (reset first)\n");
             let reset = sqlx::PgPool::connect(&url).await?;
             sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
                 .execute(&reset)
@@ -222,12 +235,66 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
                 .await?;
             run_with_view(store).await?;
         }
-        Err(_) => {
-            println!("store: in memory (set DATABASE_URL to use PostgreSQL)\n");
+        StoreChoice::Sqlite(path) => {
+            let store = SqliteEventStore::open(&path).await?;
+            let earlier = store.head_position().await?;
+            if earlier == 0 {
+                println!("store: SQLite in {}, new\n", path.display());
+            } else {
+                println!(
+                    "store: SQLite in {}, continuing after the {earlier} events of earlier runs\n",
+                    path.display()
+                );
+            }
+            run_with_view(store).await?;
+        }
+        StoreChoice::Memory => {
+            println!("store: in memory (--store sqlite:PATH keeps the log in a file)\n");
             run_with_view(MemoryStore::new()).await?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Where the example keeps its log.
+#[derive(Debug, PartialEq)]
+enum StoreChoice {
+    /// In memory: gone when the example ends.
+    Memory,
+    /// In a SQLite file: a second run continues where the first stopped.
+    Sqlite(std::path::PathBuf),
+    /// On PostgreSQL at this URL (`DATABASE_URL`), in a schema reset first.
+    Postgres(String),
+}
+
+/// The store named by `--store` (or `BANK_STORE`); without either,
+/// PostgreSQL when `DATABASE_URL` is set, else memory.
+fn store_choice(args: impl Iterator<Item = String>) -> Result<StoreChoice, String> {
+    let mut named = std::env::var("BANK_STORE").ok();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        match arg.strip_prefix("--store") {
+            Some("") => named = Some(args.next().ok_or("--store needs a value")?),
+            Some(value) if value.starts_with('=') => named = Some(value[1..].to_owned()),
+            _ => return Err(format!("unexpected argument {arg:?}")),
+        }
+    }
+    let url = || {
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    };
+    match named.as_deref() {
+        None if std::env::var("DATABASE_URL").is_ok() => Ok(StoreChoice::Postgres(url())),
+        None | Some("memory") => Ok(StoreChoice::Memory),
+        Some("postgres") => Ok(StoreChoice::Postgres(url())),
+        Some(other) => match other.strip_prefix("sqlite:") {
+            Some("") => Err("sqlite: needs a file, as in sqlite:bank.db".into()),
+            Some(path) => Ok(StoreChoice::Sqlite(path.into())),
+            None => Err(format!(
+                "unknown store {other:?}: memory, sqlite:PATH or postgres"
+            )),
+        },
+    }
 }
 
 /// Runs the commands on `store`, then answers from the view.
@@ -262,6 +329,7 @@ where
     S: EventStore + CommandStore + ProjectionStore + DeadlineStore,
 {
     let accounts = Repository::<Account, _>::new(store.clone());
+    let start = store.head_position().await?;
 
     let commands = [
         AccountCommand::Open {
@@ -319,17 +387,26 @@ where
         SystemClock,
         ProcessOptions::default(),
     );
-    for (transfer, to, amount) in [("t-1", "bob", 20), ("t-2", "carol", 15)] {
+    // Transfer ids are unique in the log: a run on a store that earlier
+    // runs wrote to goes on numbering.
+    let earlier = store
+        .read_all(1, usize::MAX)
+        .await?
+        .iter()
+        .filter(|e| &*e.event_type == "TransferSent")
+        .count();
+    let ids: Vec<String> = (1..=2).map(|n| format!("t-{}", earlier + n)).collect();
+    for (transfer, to, amount) in [(&ids[0], "bob", 20), (&ids[1], "carol", 15)] {
         let command = AccountCommand::Transfer {
             id: "alice".into(),
             to: to.into(),
             amount,
-            transfer: transfer.into(),
+            transfer: transfer.clone(),
         };
         println!("> {command:?}");
         accounts.execute(command).await?;
     }
-    for transfer in ["t-1", "t-2"] {
+    for transfer in &ids {
         let status = loop {
             let status = process_status(&transfers, transfer).await?;
             if matches!(status.state.stage, Stage::Completed | Stage::Reversed) {
@@ -356,8 +433,8 @@ where
     }
     running.stop().await;
 
-    println!("\n== the global log ==");
-    let log = store.read_all(1, usize::MAX).await?;
+    println!("\n== the global log (this run's events) ==");
+    let log = store.read_all(start + 1, usize::MAX).await?;
     for e in &log {
         println!(
             "  #{} {} v{} {} {}",
@@ -373,7 +450,7 @@ where
             account.state.balance, account.version
         );
     }
-    Ok(log.last().map_or(0, |e| e.global_position))
+    Ok(log.last().map_or(start, |e| e.global_position))
 }
 
 #[cfg(test)]
@@ -555,6 +632,71 @@ mod tests {
         );
         assert_eq!(store.event_count(), 2, "a refused command writes nothing");
         assert_eq!(accounts.load("x").await.unwrap().state.balance, 40);
+    }
+
+    #[test]
+    fn the_store_is_chosen_by_flag() {
+        let choose = |args: &[&str]| store_choice(args.iter().map(|a| a.to_string()));
+        assert_eq!(choose(&["--store", "memory"]), Ok(StoreChoice::Memory));
+        assert_eq!(
+            choose(&["--store=sqlite:bank.db"]),
+            Ok(StoreChoice::Sqlite("bank.db".into()))
+        );
+        assert!(matches!(
+            choose(&["--store", "postgres"]),
+            Ok(StoreChoice::Postgres(_))
+        ));
+        assert_eq!(
+            choose(&["--store", "mysql"]),
+            Err("unknown store \"mysql\": memory, sqlite:PATH or postgres".into())
+        );
+        assert_eq!(
+            choose(&["--store", "sqlite:"]),
+            Err("sqlite: needs a file, as in sqlite:bank.db".into())
+        );
+        assert_eq!(choose(&["--store"]), Err("--store needs a value".into()));
+        assert_eq!(
+            choose(&["--verbose"]),
+            Err("unexpected argument \"--verbose\"".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_run_on_the_same_sqlite_file_continues() {
+        let dir = std::env::temp_dir().join(format!("bank-example-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bank.db");
+        // The second run's two opens are refused: 12 events more, not 14.
+        for (run, head, alice, bob) in [(1, 14, 50, 45), (2, 26, 100, 90)] {
+            let store = SqliteEventStore::open(&path).await.unwrap();
+            let view = store
+                .run_view::<AccountView>("accounts", ProjectionOptions::default())
+                .await
+                .unwrap();
+            let last = super::run(store.clone()).await.unwrap();
+            assert_eq!(last, head, "run {run}: the log's head");
+            view.wait_for(last, Duration::from_secs(10)).await.unwrap();
+            let balances: Vec<_> = view
+                .list(None, 10)
+                .await
+                .unwrap()
+                .documents
+                .into_iter()
+                .map(|d| (d.key, d.doc.balance))
+                .collect();
+            assert_eq!(
+                balances,
+                [("alice".to_owned(), alice), ("bob".to_owned(), bob)],
+                "run {run}"
+            );
+            view.stop().await;
+        }
+        // The second run's transfers went on numbering.
+        let store = SqliteEventStore::open(&path).await.unwrap();
+        let transfers = Repository::<Transfer, _>::new(store);
+        let t4 = process_status(&transfers, "t-4").await.unwrap();
+        assert_eq!(t4.state.stage, Stage::Reversed);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
