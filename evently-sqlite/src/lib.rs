@@ -35,6 +35,7 @@ mod capabilities;
 mod deadlines;
 mod error;
 mod projection;
+mod read;
 mod view;
 mod write;
 
@@ -328,6 +329,17 @@ impl SqliteEventStore {
         &self.inner.path
     }
 
+    /// A stream's version (0: no stream).
+    pub(crate) async fn stream_version_of(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
+                .bind(stream_id.as_str())
+                .fetch_optional(&self.inner.readers)
+                .await
+                .map_err(error::store)?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+
     /// The read connections.
     pub fn pool(&self) -> &SqlitePool {
         &self.inner.readers
@@ -453,15 +465,22 @@ impl EventStore for SqliteEventStore {
         self.read_log(from_position.max(1), limit).await
     }
 
+    async fn fold_stream<E, F>(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        f: F,
+    ) -> Result<(), E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(evently_core::EventData<'_>) -> Result<(), E> + Send,
+    {
+        self.fold_rows(stream_id, from_version, f).await
+    }
+
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, StoreError> {
         evently_core::backend::check_stream_id(stream_id)?;
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
-                .bind(stream_id.as_str())
-                .fetch_optional(&self.inner.readers)
-                .await
-                .map_err(error::store)?;
-        Ok(version.unwrap_or(0) as u64)
+        self.stream_version_of(stream_id).await
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
