@@ -275,15 +275,6 @@ async fn migrate_in(conn: &mut SqliteConnection) -> Result<(), Migrate> {
     Ok(())
 }
 
-/// The log's last position, read on the write connection (inside its
-/// transaction).
-pub(crate) async fn head_in(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(conn)
-        .await?;
-    Ok(head as u64)
-}
-
 /// The SQLite event store. Clones share the file's connections.
 #[derive(Clone)]
 pub struct SqliteEventStore {

@@ -1,11 +1,13 @@
 //! The write path: one transaction on the one write connection, with the
 //! file's write lock taken up front (`BEGIN IMMEDIATE`).
 
-use evently_core::{CommandRecord, NewEvent, RecordedEvent, StoreError, StreamAppend, StreamId};
+use evently_core::{
+    CommandRecord, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend, StreamId,
+};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::error::{self, SQLITE_BUSY, SQLITE_LOCKED};
-use crate::{head_in, id_text, now, recorded, SqliteEventStore, COLUMNS};
+use crate::{id_text, now, recorded, SqliteEventStore, COLUMNS};
 
 /// Starts a write transaction, waiting for another process's lock up to
 /// the busy time-out. A transaction left open by a write whose future was
@@ -135,65 +137,231 @@ pub(crate) struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<RecordedEvent>>, StoreError>>,
 }
 
+/// What an append came to: the events stored, per stream, and the head.
+type Outcome = Result<(Vec<Vec<RecordedEvent>>, u64), StoreError>;
+
 /// Writes a group of appends in one transaction and answers each; returns
 /// the head after it.
 async fn commit_group(conn: &mut SqliteConnection, group: Vec<Pending>) -> u64 {
     if let Err(e) = begin(conn).await {
-        let message = e.to_string();
-        for p in group {
-            let _ = p.reply.send(Err(StoreError::unavailable(message.clone())));
-        }
-        return 0;
+        return refuse_all(group, &e.to_string());
     }
-    // An append alone needs no savepoint: when it is refused, the whole
-    // transaction rolls back.
-    if group.len() == 1 {
-        let Some(p) = group.into_iter().next() else {
-            return 0;
-        };
-        let result = write_all(conn, p.writes, p.command.as_ref()).await;
-        let result = finish(conn, result).await;
-        let head = result.as_ref().map_or(0, |(_, h)| *h);
-        let _ = p.reply.send(result.map(|(results, _)| results));
-        return head;
-    }
-    let mut outcomes = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
-    let mut head = 0;
-    for p in group {
-        replies.push(p.reply);
-        let outcome = match sqlx::query("SAVEPOINT append").execute(&mut *conn).await {
-            Err(e) => Err(error::store(e)),
-            Ok(_) => {
-                let result = write_all(conn, p.writes, p.command.as_ref()).await;
-                let end = if result.is_ok() {
-                    "RELEASE append"
-                } else {
-                    "ROLLBACK TO append; RELEASE append"
-                };
-                match sqlx::Executor::execute(&mut *conn, end).await {
-                    Ok(_) => result,
-                    Err(e) => Err(error::store(e)),
-                }
+    let outcomes = match write_group(conn, &group).await {
+        Some(outcomes) => outcomes,
+        None => {
+            // A check refused an append after part of it was written: the
+            // group again, the careful way.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            if let Err(e) = begin(conn).await {
+                return refuse_all(group, &e.to_string());
             }
-        };
+            let mut outcomes = Vec::with_capacity(group.len());
+            for p in &group {
+                outcomes.push(careful(conn, p, group.len() == 1).await);
+            }
+            outcomes
+        }
+    };
+    // An append alone needs no savepoint: refused, the whole transaction
+    // rolls back.
+    let end = if group.len() == 1 && outcomes[0].is_err() {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    };
+    if let Err(e) = sqlx::query(end).execute(&mut *conn).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return refuse_all(
+            group,
+            &format!("the commit failed, nothing of this append was stored: {e}"),
+        );
+    }
+    let mut head = 0;
+    for (p, outcome) in group.into_iter().zip(outcomes) {
         if let Ok((_, h)) = &outcome {
             head = head.max(*h);
         }
-        outcomes.push(outcome.map(|(results, _)| results));
-    }
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let message = format!("the commit failed, nothing of this append was stored: {e}");
-        for reply in replies {
-            let _ = reply.send(Err(StoreError::unavailable(message.clone())));
-        }
-        return 0;
-    }
-    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-        let _ = reply.send(outcome);
+        let _ = p.reply.send(outcome.map(|(results, _)| results));
     }
     head
+}
+
+/// Answers every append of the group with `message`; the head is unmoved.
+fn refuse_all(group: Vec<Pending>, message: &str) -> u64 {
+    for p in group {
+        let _ = p
+            .reply
+            .send(Err(StoreError::unavailable(message.to_owned())));
+    }
+    0
+}
+
+/// Each append of the group the fast way where it can, else the careful
+/// way; `None` when a fast attempt was refused after writing part of it.
+async fn write_group(conn: &mut SqliteConnection, group: &[Pending]) -> Option<Vec<Outcome>> {
+    let mut outcomes = Vec::with_capacity(group.len());
+    for p in group {
+        match write_fast(conn, &p.writes, p.command.as_ref()).await {
+            Fast::Done(done) => outcomes.push(Ok(done)),
+            Fast::Undo => return None,
+            Fast::NotTaken => outcomes.push(careful(conn, p, group.len() == 1).await),
+        }
+    }
+    Some(outcomes)
+}
+
+/// The careful way: every check first, then the writes; in a savepoint
+/// of its own unless it is alone in its transaction.
+async fn careful(conn: &mut SqliteConnection, p: &Pending, alone: bool) -> Outcome {
+    if alone {
+        return write_all(conn, &p.writes, p.command.as_ref()).await;
+    }
+    sqlx::query("SAVEPOINT append")
+        .execute(&mut *conn)
+        .await
+        .map_err(error::store)?;
+    let result = write_all(conn, &p.writes, p.command.as_ref()).await;
+    let end = if result.is_ok() {
+        "RELEASE append"
+    } else {
+        "ROLLBACK TO append; RELEASE append"
+    };
+    sqlx::Executor::execute(&mut *conn, end)
+        .await
+        .map_err(error::store)?;
+    result
+}
+
+/// How the fast way went.
+enum Fast {
+    /// Stored.
+    Done((Vec<Vec<RecordedEvent>>, u64)),
+    /// Not for it (an expectation other than an exact version, or no
+    /// events), or refused before writing anything: take the careful way.
+    NotTaken,
+    /// Refused after writing part of it: roll back.
+    Undo,
+}
+
+/// The common append (what `Repository` sends: each stream's version
+/// expected exactly) in the fewest statements: the stream's row moved only
+/// if it is at the expected version and open (the check and the write in
+/// one), each event inserted at the log's last position + 1, the command
+/// recorded. No look-up of the event ids: a stored id fails the insert's
+/// unique key, and the careful way then tells a retry (the stored events)
+/// from a clash. Whatever refuses it, the careful way says why.
+async fn write_fast(
+    conn: &mut SqliteConnection,
+    writes: &[StreamAppend],
+    command: Option<&CommandRecord>,
+) -> Fast {
+    let exact = |w: &StreamAppend| match w.expected {
+        ExpectedVersion::Exact(v) => Some(v),
+        ExpectedVersion::NoStream => Some(0),
+        _ => None,
+    };
+    if writes
+        .iter()
+        .any(|w| exact(w).is_none() || w.events.is_empty())
+    {
+        return Fast::NotTaken;
+    }
+    let recorded_at = now();
+    let micros = recorded_at.timestamp_micros();
+    let mut results = Vec::with_capacity(writes.len());
+    let mut head = 0;
+    for (n, write) in writes.iter().enumerate() {
+        let current = exact(write).unwrap_or(0);
+        let last = current + write.events.len() as u64;
+        // A new stream gets its row; an existing one must have it.
+        let moved = sqlx::query(if current == 0 {
+            "INSERT INTO streams (stream_id, version) VALUES (?1, ?2) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version \
+             WHERE streams.version = ?3 AND streams.closed = 0"
+        } else {
+            "UPDATE streams SET version = ?2 WHERE stream_id = ?1 AND version = ?3 AND closed = 0"
+        })
+        .bind(write.stream_id.as_str())
+        .bind(last as i64)
+        .bind(current as i64)
+        .execute(&mut *conn)
+        .await;
+        match moved {
+            Ok(done) if done.rows_affected() == 1 => {}
+            _ if n == 0 => return Fast::NotTaken,
+            _ => return Fast::Undo,
+        }
+        let mut recorded = Vec::with_capacity(write.events.len());
+        for (i, e) in write.events.iter().enumerate() {
+            let event = RecordedEvent {
+                event_id: e.event_id,
+                stream_id: write.stream_id.clone(),
+                stream_version: current + 1 + i as u64,
+                global_position: 0,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                data: e.payload.clone(),
+                metadata: e.metadata.clone(),
+                recorded_at,
+            };
+            match insert_event(conn, &event, micros).await {
+                Ok(position) => {
+                    head = position;
+                    recorded.push(RecordedEvent {
+                        global_position: position,
+                        ..event
+                    });
+                }
+                Err(_) => return Fast::Undo,
+            }
+        }
+        if let Some(command) = command {
+            let versions = Some((current + 1, last));
+            let journaled = insert_command(
+                conn,
+                command,
+                &write.stream_id,
+                "accepted",
+                versions,
+                None,
+                micros,
+            );
+            if journaled.await.is_err() {
+                return Fast::Undo;
+            }
+        }
+        results.push(recorded);
+    }
+    Fast::Done((results, head))
+}
+
+/// Inserts an event at the log's last position + 1 (the one writer holds
+/// the file's lock: no gap, no race); its position.
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    event: &RecordedEvent,
+    micros: i64,
+) -> Result<u64, StoreError> {
+    let metadata = json(&event.stream_id, &event.metadata)?;
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
+         payload, metadata, correlation_id, recorded_at) \
+         VALUES ((SELECT COALESCE(MAX(position), 0) + 1 FROM events), ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         RETURNING position",
+    )
+    .bind(id_text(event.event_id))
+    .bind(event.stream_id.as_str())
+    .bind(event.stream_version as i64)
+    .bind(&*event.event_type)
+    .bind(i64::from(event.schema_version))
+    .bind(event.data.as_str())
+    .bind(&metadata)
+    .bind(event.metadata.correlation_id.map(id_text))
+    .bind(micros)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(error::store)?;
+    Ok(position as u64)
 }
 
 async fn stored_event(
@@ -305,12 +473,12 @@ fn json<T: serde::Serialize + ?Sized>(
 
 async fn write_all(
     conn: &mut SqliteConnection,
-    writes: Vec<StreamAppend>,
+    writes: &[StreamAppend],
     command: Option<&CommandRecord>,
-) -> Result<(Vec<Vec<RecordedEvent>>, u64), StoreError> {
+) -> Outcome {
     // Check every stream before writing any.
     let mut plans = Vec::with_capacity(writes.len());
-    for write in &writes {
+    for write in writes {
         if let Some(replayed) = replayed(conn, &write.stream_id, &write.events).await? {
             plans.push(Err(replayed));
             continue;
@@ -341,11 +509,11 @@ async fn write_all(
         plans.push(Ok(current));
     }
 
-    let mut position = head_in(&mut *conn).await.map_err(error::store)?;
+    let mut head = 0;
     let recorded_at = now();
     let micros = recorded_at.timestamp_micros();
     let mut results = Vec::with_capacity(writes.len());
-    for (write, plan) in writes.into_iter().zip(plans) {
+    for (write, plan) in writes.iter().zip(plans) {
         let current = match plan {
             Ok(current) => current,
             Err(replayed) => {
@@ -353,39 +521,24 @@ async fn write_all(
                 continue;
             }
         };
-        let stream_id = write.stream_id;
+        let stream_id = &write.stream_id;
         let mut recorded = Vec::with_capacity(write.events.len());
-        for (i, e) in write.events.into_iter().enumerate() {
-            position += 1;
-            let version = current + 1 + i as u64;
-            let metadata = json(&stream_id, &e.metadata)?;
-            sqlx::query(
-                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
-                 payload, metadata, correlation_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(position as i64)
-            .bind(id_text(e.event_id))
-            .bind(stream_id.as_str())
-            .bind(version as i64)
-            .bind(&*e.event_type)
-            .bind(i64::from(e.schema_version))
-            .bind(e.payload.as_str())
-            .bind(&metadata)
-            .bind(e.metadata.correlation_id.map(id_text))
-            .bind(micros)
-            .execute(&mut *conn)
-            .await
-            .map_err(error::store)?;
-            recorded.push(RecordedEvent {
+        for (i, e) in write.events.iter().enumerate() {
+            let event = RecordedEvent {
                 event_id: e.event_id,
                 stream_id: stream_id.clone(),
-                stream_version: version,
-                global_position: position,
-                event_type: e.event_type,
+                stream_version: current + 1 + i as u64,
+                global_position: 0,
+                event_type: e.event_type.clone(),
                 schema_version: e.schema_version,
-                data: e.payload,
-                metadata: e.metadata,
+                data: e.payload.clone(),
+                metadata: e.metadata.clone(),
                 recorded_at,
+            };
+            head = insert_event(conn, &event, micros).await?;
+            recorded.push(RecordedEvent {
+                global_position: head,
+                ..event
             });
         }
         if let (Some(first), Some(last)) = (recorded.first(), recorded.last()) {
@@ -402,7 +555,7 @@ async fn write_all(
                 insert_command(
                     conn,
                     command,
-                    &stream_id,
+                    stream_id,
                     "accepted",
                     Some((first.stream_version, last.stream_version)),
                     None,
@@ -413,7 +566,7 @@ async fn write_all(
         }
         results.push(recorded);
     }
-    Ok((results, position))
+    Ok((results, head))
 }
 
 /// Adds a command to the journal.

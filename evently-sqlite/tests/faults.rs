@@ -313,3 +313,101 @@ async fn files_it_cannot_use_get_typed_errors_that_name_them() {
         other => panic!("expected ReadOnly, got {other:?}"),
     }
 }
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::raw(
+        "Logged",
+        1,
+        Payload::from_json(format!(r#"{{"n":{n}}}"#)).unwrap(),
+        Metadata::new(),
+    )
+}
+
+/// Appends queued together: the ones refused after part of them was
+/// written (an atomic append whose second stream is not at the expected
+/// version) are undone alone, a retry in the same group gets the stored
+/// events, and the others are stored, with positions gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_and_retried_appends_in_a_group_leave_the_others_whole() {
+    let path = dir("groups").join("log.db");
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..60u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            match t % 3 {
+                // A plain append to a new stream.
+                0 => store
+                    .append(
+                        &StreamId::from(format!("ok-{t}")),
+                        ExpectedVersion::Exact(0),
+                        vec![event(t)],
+                    )
+                    .await
+                    .map(|events| events.len()),
+                // Its first stream would take the event, its second is not
+                // at version 3: all of it refused.
+                1 => store
+                    .append_atomic(vec![
+                        evently_core::StreamAppend::new(
+                            format!("a-{t}"),
+                            ExpectedVersion::NoStream,
+                            vec![event(t)],
+                        ),
+                        evently_core::StreamAppend::new(
+                            format!("missing-{t}"),
+                            ExpectedVersion::Exact(3),
+                            vec![event(t)],
+                        ),
+                    ])
+                    .await
+                    .map(|events| events.len()),
+                // The same append twice at once: one event stored, both
+                // answered with it.
+                _ => {
+                    let twice = event(t);
+                    let stream = StreamId::from(format!("twice-{t}"));
+                    let (a, b) = tokio::join!(
+                        store.append(&stream, ExpectedVersion::Exact(0), vec![twice.clone()]),
+                        store.append(&stream, ExpectedVersion::Exact(0), vec![twice.clone()]),
+                    );
+                    let (a, b) = (a.unwrap(), b.unwrap());
+                    assert_eq!(a[0].event_id, twice.event_id);
+                    assert_eq!(a[0].global_position, b[0].global_position);
+                    Ok(a.len())
+                }
+            }
+        }));
+    }
+    for (t, task) in tasks.into_iter().enumerate() {
+        match (t % 3, task.await.unwrap()) {
+            (0 | 2, Ok(1)) => {}
+            (
+                1,
+                Err(StoreError::WrongExpectedVersion {
+                    stream_id,
+                    actual: 0,
+                    ..
+                }),
+            ) => {
+                assert_eq!(stream_id.as_str(), format!("missing-{t}"));
+                let first = StreamId::from(format!("a-{t}"));
+                assert_eq!(
+                    store.stream_version(&first).await.unwrap(),
+                    0,
+                    "a-{t} undone"
+                );
+            }
+            (_, other) => panic!("task {t}: {other:?}"),
+        }
+    }
+    let log = store.read_all(1, 1000).await.unwrap();
+    assert_eq!(
+        log.len(),
+        40,
+        "20 plain appends and 20 appended twice, once each"
+    );
+    let positions: Vec<u64> = log.iter().map(|e| e.global_position).collect();
+    assert_eq!(positions, (1..=40).collect::<Vec<u64>>());
+    assert!(log.iter().all(|e| !e.stream_id.as_str().starts_with("a-")));
+}
