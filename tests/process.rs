@@ -110,6 +110,13 @@ where
         stage_of(&transfers, "t3", Stage::Compensated).await,
         Stage::Compensated
     );
+    // The refund is sent after the stage shows it: let the sender catch up.
+    let head = store.head_position().await.unwrap();
+    running
+        .sender
+        .wait_for(head, Duration::from_secs(10))
+        .await
+        .unwrap();
     running.stop().await;
 
     // The money: a paid 10 to b, and got 20 and 30 back.
