@@ -101,21 +101,34 @@ impl SqliteEventStore {
                 command: command.cloned(),
                 reply,
             });
-        {
-            let mut conn = self.inner.writer.lock().await;
-            let batch =
-                std::mem::take(&mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()));
-            if !batch.is_empty() {
-                let head = commit_group(&mut conn, batch).await;
-                self.publish(head);
+        // Whichever comes first: the answer (another append's holder wrote
+        // this one in its group) or the write connection. Waiting for the
+        // connection alone would make every append take its turn even when
+        // its group was written long ago, and every turn write one append.
+        let mut answer = answer;
+        tokio::select! {
+            biased;
+            answered = &mut answer => {
+                return answered.unwrap_or_else(|_| Err(dropped()));
+            }
+            mut conn = self.inner.writer.lock() => {
+                let batch = std::mem::take(
+                    &mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                if !batch.is_empty() {
+                    let head = commit_group(&mut conn, batch).await;
+                    self.publish(head);
+                }
             }
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::unavailable(
-                "the append's group was dropped before it committed",
-            ))
-        })
+        answer.await.unwrap_or_else(|_| Err(dropped()))
     }
+}
+
+/// The answer of an append whose group was dropped (its holder's future
+/// cancelled) before it committed.
+fn dropped() -> StoreError {
+    StoreError::unavailable("the append's group was dropped before it committed")
 }
 
 /// Refuses a write from inside a projection's batch (which holds the
