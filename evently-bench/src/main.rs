@@ -248,6 +248,9 @@ const PAIRS: &[(&str, &str)] = &[
 
 /// Loads timed per run in W4 and F3 (after one warm-up load).
 const REPLAY_LOADS: usize = 3;
+/// Loads per SQLite replay run: a load takes 15–30 ms, so three would
+/// measure mostly noise.
+const SQLITE_REPLAY_LOADS: usize = 20;
 /// Loads from a snapshot timed per run in W4.
 const SNAPSHOT_LOADS: usize = 100;
 
@@ -359,8 +362,8 @@ async fn run_item(ctx: Context, item: String) -> Result<Vec<Measurement>, BoxErr
         )
         .await?),
         "S-W3" => one(sqlite::w3(s.w3_accounts, s.w3_deposits, s.w3_tasks).await?),
-        "S-F3" => one(sqlite::f3(s.w4_events, REPLAY_LOADS).await?),
-        "S-W4" => one(sqlite::w4(s.w4_events, REPLAY_LOADS).await?),
+        "S-F3" => one(sqlite::f3(s.w4_events, SQLITE_REPLAY_LOADS).await?),
+        "S-W4" => one(sqlite::w4(s.w4_events, SQLITE_REPLAY_LOADS).await?),
         "SF@W5" => one(sqlite::floor_shared(item, s.w5_tasks, s.w5_deposits).await?),
         "S-W5" => one(sqlite::w5(s.w5_tasks, s.w5_deposits).await?),
         other => Err(format!("no such workload or floor: {other}").into()),
