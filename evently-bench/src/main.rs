@@ -223,6 +223,7 @@ const GROUPS: &[&[&str]] = &[
     &["SF@W3", "S-W3"],
     &["S-F3", "S-W4"],
     &["SF@W5", "S-W5"],
+    &["S-F4", "S-W6"],
 ];
 
 /// Each framework workload and the floor it is measured against; their
@@ -244,6 +245,8 @@ const PAIRS: &[(&str, &str)] = &[
     ("S-W3", "SF@W3"),
     ("S-W4", "S-F3"),
     ("S-W5", "SF@W5"),
+    ("S-W6", "S-F4"),
+    ("S-W6-view", "S-F4"),
 ];
 
 /// Loads timed per run in W4 and F3 (after one warm-up load).
@@ -366,6 +369,8 @@ async fn run_item(ctx: Context, item: String) -> Result<Vec<Measurement>, BoxErr
         "S-W4" => one(sqlite::w4(s.w4_events, SQLITE_REPLAY_LOADS).await?),
         "SF@W5" => one(sqlite::floor_shared(item, s.w5_tasks, s.w5_deposits).await?),
         "S-W5" => one(sqlite::w5(s.w5_tasks, s.w5_deposits).await?),
+        "S-F4" => one(sqlite::f4(s.w6_events).await?),
+        "S-W6" => sqlite::w6(s.w6_events).await,
         other => Err(format!("no such workload or floor: {other}").into()),
     }
 }

@@ -1,15 +1,17 @@
-//! The workloads on evently-sqlite (S-W2, S-W3, S-W4, S-W5), each beside
+//! The workloads on evently-sqlite (S-W2, S-W3, S-W4, S-W5, S-W6), each beside
 //! a raw floor: hand-written sqlx inserts of the same rows (the event and
 //! its stream's version, one transaction per append, on one connection:
 //! SQLite's one writer), with the same durability (WAL,
-//! `synchronous=FULL`), in the same run; and S-F3, the same stream read
-//! and decoded by hand. Each run works in a fresh file.
+//! `synchronous=FULL`), in the same run; S-F3, the same stream read and
+//! decoded by hand; S-F4, the catch-up of a read model by hand. Each run
+//! works in a fresh file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use evently::{EventStore, ExpectedVersion, NewEvent, Repository, StreamId};
+use evently::projection::{HandlerError, Projection, ProjectionOptions};
+use evently::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, Repository, StreamId};
 use evently_sqlite::sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
 };
@@ -19,8 +21,10 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::domain::{amount, Account, AccountCommand, AccountEvent};
+use crate::floors::catch_up_event;
 use crate::report::Measurement;
 use crate::support::BoxError;
+use crate::workloads::TotalsView;
 
 /// A fresh file for one run.
 fn fresh_file(name: &str) -> Result<PathBuf, BoxError> {
@@ -382,4 +386,188 @@ async fn load_by_hand(pool: &evently_sqlite::sqlx::SqlitePool) -> Result<(usize,
         }
     }
     Ok((rows.len(), balance))
+}
+
+/// The catch-up log (untimed): `events` deposits over 1,000 accounts, 100
+/// per append, W6's layout; the store and its head.
+async fn catch_up_log(
+    name: &str,
+    events: usize,
+) -> Result<(SqliteEventStore, PathBuf, u64), BoxError> {
+    let (store, path) = open_store(name).await?;
+    for from in (0..events).step_by(100) {
+        let (stream, _) = catch_up_event(from);
+        let batch = (from..(from + 100).min(events))
+            .map(|i| {
+                NewEvent::from_event(
+                    &AccountEvent::Deposited { amount: amount(i) },
+                    evently::Metadata::new(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        store
+            .append(&StreamId::from(stream), ExpectedVersion::Any, batch)
+            .await?;
+    }
+    let head = store.head_position().await?;
+    Ok((store, path, head))
+}
+
+const TOTALS: &str = "CREATE TABLE totals (stream_id TEXT PRIMARY KEY, total INTEGER NOT NULL, \
+     events INTEGER NOT NULL) WITHOUT ROWID";
+const ADD_TO_TOTAL: &str = "INSERT INTO totals (stream_id, total, events) VALUES (?, ?, 1) \
+     ON CONFLICT (stream_id) DO UPDATE SET total = total + excluded.total, events = events + 1";
+
+/// S-W6's projection: W6's totals table, in the store's file, written
+/// through the runner's transaction.
+struct Totals;
+
+impl Projection for Totals {
+    type Event = AccountEvent;
+    type Sink = SqliteConnection;
+
+    fn name(&self) -> &str {
+        "bench_totals"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<(), HandlerError> {
+        let delta = match event.data {
+            AccountEvent::Deposited { amount } => i64::try_from(amount)?,
+            AccountEvent::Withdrew { amount } => -i64::try_from(amount)?,
+            AccountEvent::Opened { .. } => 0,
+        };
+        sqlx::query(ADD_TO_TOTAL)
+            .bind(event.stream_id.as_str())
+            .bind(delta)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The events counted into the totals table.
+async fn counted(store: &SqliteEventStore) -> Result<i64, BoxError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(SUM(events), 0) FROM totals")
+            .fetch_one(store.pool())
+            .await?,
+    )
+}
+
+/// S-W6 and S-W6-view: the catch-up of `events` events from position 0,
+/// timed until the checkpoint reaches the head, into a table through a
+/// `Projection` and into a view (a document per account).
+pub async fn w6(events: usize) -> Result<Vec<Measurement>, BoxError> {
+    let (store, path, head) = catch_up_log("s-w6", events).await?;
+    sqlx::query(TOTALS).execute(store.pool()).await?;
+    let started = Instant::now();
+    let handle = store.run_projection(Totals, ProjectionOptions::default());
+    handle
+        .wait_for(head, std::time::Duration::from_secs(3_600))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = handle.stop().await;
+    let counted = counted(&store).await?;
+    if status.processed != events as u64 || counted != events as i64 {
+        return Err(format!(
+            "S-W6: processed {}, counted {counted}, of {events}",
+            status.processed
+        )
+        .into());
+    }
+    let started = Instant::now();
+    let view = store
+        .run_view::<TotalsView>("totals", ProjectionOptions::default())
+        .await?;
+    view.wait_for(head, std::time::Duration::from_secs(3_600))
+        .await?;
+    let view_seconds = started.elapsed().as_secs_f64();
+    let mut documents = 0;
+    let mut in_view = 0;
+    let mut after = None;
+    loop {
+        let page = view.list(after.as_deref(), 500).await?;
+        documents += page.documents.len();
+        in_view += page.documents.iter().map(|d| d.doc.events).sum::<u64>();
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    view.stop().await;
+    if in_view != events as u64 {
+        return Err(format!("S-W6-view: counted {in_view} of {events} events").into());
+    }
+    remove(&path);
+    Ok(vec![
+        Measurement::new("S-W6", "sqlite", events as u64, seconds)
+            .with("batch_size", ProjectionOptions::DEFAULT_BATCH_SIZE),
+        Measurement::new("S-W6-view", "sqlite", events as u64, view_seconds)
+            .with("keys", documents),
+    ])
+}
+
+/// S-F4: the same catch-up by hand: the log read in pages of 1,000 (the
+/// columns the totals need), each page's totals upserted and a checkpoint
+/// row moved in one transaction, on one connection.
+pub async fn f4(events: usize) -> Result<Measurement, BoxError> {
+    let (store, path, head) = catch_up_log("s-f4", events).await?;
+    drop(store);
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .disable_statement_logging()
+        .connect()
+        .await?;
+    sqlx::query(TOTALS).execute(&mut conn).await?;
+    sqlx::query("CREATE TABLE floor_checkpoint (position INTEGER NOT NULL)")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("INSERT INTO floor_checkpoint VALUES (0)")
+        .execute(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let mut position = 0i64;
+    while (position as u64) < head {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT position, stream_id, event_type, payload FROM events \
+             WHERE position > ? ORDER BY position LIMIT 1000",
+        )
+        .bind(position)
+        .fetch_all(&mut conn)
+        .await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+        for (at, stream, event_type, payload) in &rows {
+            let delta = match event_type.as_str() {
+                "Deposited" => serde_json::from_str::<Amount>(payload)?.amount as i64,
+                "Withdrew" => -(serde_json::from_str::<Amount>(payload)?.amount as i64),
+                _ => 0,
+            };
+            sqlx::query(ADD_TO_TOTAL)
+                .bind(stream)
+                .bind(delta)
+                .execute(&mut conn)
+                .await?;
+            position = *at;
+        }
+        sqlx::query("UPDATE floor_checkpoint SET position = ?")
+            .bind(position)
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("COMMIT").execute(&mut conn).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let counted: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(events), 0) FROM totals")
+        .fetch_one(&mut conn)
+        .await?;
+    if counted != events as i64 {
+        return Err(format!("S-F4: counted {counted} of {events}").into());
+    }
+    remove(&path);
+    Ok(Measurement::new("S-F4", "sqlite", events as u64, seconds))
 }

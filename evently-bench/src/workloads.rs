@@ -500,9 +500,9 @@ pub async fn w6(url: &str, events: usize) -> Result<Vec<Measurement>, BoxError> 
 /// W6's view: a total per account, kept by the framework in a `jsonb`
 /// table.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct TotalsView {
-    total: u64,
-    events: u64,
+pub(crate) struct TotalsView {
+    pub(crate) total: u64,
+    pub(crate) events: u64,
 }
 
 impl evently::view::View for TotalsView {
