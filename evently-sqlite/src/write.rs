@@ -79,11 +79,11 @@ impl SqliteEventStore {
     /// Appends (checked all first, then written, all or nothing), with the
     /// command that caused them when there is one.
     ///
-    /// Group commit: the append joins a queue, then waits for the write
-    /// connection; whoever holds it writes every queued append in one
-    /// transaction, each in a savepoint of its own (a refused append rolls
-    /// back alone), with one sync to disk for all of them. Alone, an
-    /// append is its own group.
+    /// Group commit: the append joins a queue, then waits for its answer
+    /// or the write connection; whoever holds the connection writes every
+    /// queued append in one transaction (a refused append rolls back
+    /// alone), with one sync to disk for all of them. Alone, an append is
+    /// its own group.
     pub(crate) async fn append_now(
         &self,
         writes: Vec<StreamAppend>,
