@@ -1,7 +1,6 @@
 //! Rebuilding a projection's read model from position zero while the old
 //! one keeps serving, and switching over in one transaction.
 
-use std::time::Duration;
 
 use evently_core::projection::{Projection, ProjectionHandle, ProjectionOptions};
 use evently_core::StoreError;
@@ -193,42 +192,16 @@ impl PgEventStore {
         switch_sql: &str,
         on_progress: &mut impl FnMut(&ProjectionProgress, &ProjectionStatus),
     ) -> Result<ProjectionHandle, RebuildError> {
-        // Caught up means reaching the head as it was at the previous look:
-        // a log that keeps growing cannot keep a rebuild from finishing,
-        // and one that stops is followed to its end.
-        let mut target = evently_core::EventStore::head_position(self).await?;
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let status = handle.status();
-            if matches!(
-                status.state,
-                evently_core::projection::ProjectionState::Failed(_)
-                    | evently_core::projection::ProjectionState::Stopped
-            ) {
-                return Err(RebuildError::Stopped {
-                    name,
-                    state: status.state,
-                });
-            }
-            let progress = self.progress(&name).await?;
-            let caught_up = (progress.behind == 0 || progress.position >= target)
-                && status.state == evently_core::projection::ProjectionState::Running;
-            target = progress.head;
-            let status = if caught_up {
-                // The checkpoint commits before the runner counts the batch:
-                // let its status catch up, so the last report is complete.
-                let _ = handle
-                    .wait_for(progress.position, Duration::from_secs(10))
-                    .await;
-                handle.status()
-            } else {
-                status
-            };
-            on_progress(&progress, &status);
-            if caught_up {
-                break;
-            }
-        }
+        let head = evently_core::EventStore::head_position(self).await?;
+        evently_core::backend::follow_rebuild(&handle, head, || self.progress(&name), on_progress)
+            .await
+            .map_err(|e| match e {
+                evently_core::backend::FollowError::Stopped(state) => RebuildError::Stopped {
+                    name: name.clone(),
+                    state,
+                },
+                evently_core::backend::FollowError::Store(e) => RebuildError::Store(e),
+            })?;
         let mut tx = self.pool().begin().await.map_err(unavailable_or_backend)?;
         sqlx::raw_sql(switch_sql)
             .execute(&mut *tx)

@@ -34,8 +34,10 @@
 mod capabilities;
 mod deadlines;
 mod error;
+mod inline;
 mod projection;
 mod read;
+mod rebuild;
 mod view;
 mod write;
 
@@ -58,6 +60,7 @@ use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
 pub use error::SetupError;
+pub use rebuild::RebuildError;
 /// The sqlx this store is built on (its SQLite driver), for your own
 /// queries on [`SqliteEventStore::pool`].
 pub use sqlx;
@@ -100,6 +103,7 @@ pub struct SqliteEventStoreBuilder {
     busy_timeout: Duration,
     poll_interval: Duration,
     readers: u32,
+    inline: inline::Inlines,
 }
 
 impl Default for SqliteEventStoreBuilder {
@@ -109,6 +113,7 @@ impl Default for SqliteEventStoreBuilder {
             busy_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
             readers: 4,
+            inline: inline::Inlines::default(),
         }
     }
 }
@@ -131,6 +136,21 @@ impl SqliteEventStoreBuilder {
     /// processes (default 100 ms; appends in this process wake it at once).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// Adds an inline projection: a read model in the file updated in the
+    /// same transaction as every append of this store, so it is never
+    /// behind the log. A failing handler fails the append
+    /// ([`StoreError::InlineProjectionFailed`]), and nothing of it is
+    /// stored; a retried append that was already stored is not applied
+    /// again. Appends then always take the checked path (a savepoint per
+    /// append of a group, so a failing one fails alone).
+    pub fn inline_projection<P>(mut self, projection: P) -> Self
+    where
+        P: evently_core::projection::Projection<Sink = SqliteConnection>,
+    {
+        self.inline.push(projection);
         self
     }
 
@@ -204,6 +224,7 @@ impl SqliteEventStoreBuilder {
                 queue: Default::default(),
                 readers,
                 options,
+                inline: self.inline,
                 head: watch::Sender::new(head),
                 poll_interval: self.poll_interval,
             }),
@@ -290,6 +311,8 @@ struct Inner {
     readers: SqlitePool,
     /// How its connections open (for a connection of a runner's own).
     options: SqliteConnectOptions,
+    /// Projections written in every append's transaction.
+    inline: inline::Inlines,
     /// The last position this process appended or saw.
     head: watch::Sender<u64>,
     poll_interval: Duration,

@@ -130,6 +130,24 @@ impl ViewReader for SqliteReader {
 }
 
 impl SqliteEventStore {
+    /// Creates the table of the view `name` if needed; its quoted name.
+    pub(crate) async fn create_view_table(&self, name: &str) -> Result<String, ViewError> {
+        evently_core::view::check_view_name(name)?;
+        let table = format!("\"view_{name}\"");
+        let mut conn = self.inner.writer.lock().await;
+        sqlx::Executor::execute(
+            &mut *conn,
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL, \
+                 position INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID"
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(error::store)?;
+        Ok(table)
+    }
+
     /// Starts the view `name` of type `V`: creates its table `view_<name>`
     /// in the file if needed and runs its projection `view_<name>` from its
     /// checkpoint.
@@ -138,21 +156,7 @@ impl SqliteEventStore {
         name: &str,
         options: ProjectionOptions,
     ) -> Result<Views<V>, ViewError> {
-        evently_core::view::check_view_name(name)?;
-        let table = format!("\"view_{name}\"");
-        {
-            let mut conn = self.inner.writer.lock().await;
-            sqlx::Executor::execute(
-                &mut *conn,
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL, \
-                     position INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID"
-                )
-                .as_str(),
-            )
-            .await
-            .map_err(error::store)?;
-        }
+        let table = self.create_view_table(name).await?;
         let projection = ViewProjection::<V, SqliteDocuments>::with_table(name, &table);
         let handle = self.run_projection(projection, options);
         let reader = SqliteReader {

@@ -30,7 +30,10 @@ pub use crate::limits::{
     check_stream_id, MAX_APPEND_BYTES, MAX_EVENT_TYPE_BYTES, MAX_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES,
     MAX_STREAM_ID_BYTES,
 };
-pub use projection::{decode_handled, unreadable_placeholder, BatchError, ProjectionTarget};
+pub use projection::{
+    decode_handled, follow_rebuild, unreadable_placeholder, BatchError, FollowError,
+    ProjectionTarget,
+};
 
 /// Checks one append before it reaches a store: the stream id and every
 /// event within the limits of [`crate::limits`], and an event id once.

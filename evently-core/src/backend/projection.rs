@@ -162,3 +162,63 @@ pub fn unreadable_placeholder(row: &UnreadableEvent) -> RecordedEvent<Payload> {
         recorded_at: chrono::Utc::now(),
     }
 }
+
+/// How following a rebuild ended without catching up.
+#[derive(Debug)]
+pub enum FollowError {
+    /// The projection stopped or failed first, in this state.
+    Stopped(crate::projection::ProjectionState),
+    /// Reading its progress failed.
+    Store(StoreError),
+}
+
+/// Follows a projection rebuilding from zero until it has caught up,
+/// calling `on_progress` every 200 ms with what `progress` reads and the
+/// runner's status. Caught up means reaching the head as the previous
+/// look saw it: a log that keeps growing cannot keep a rebuild from
+/// finishing, and one that stops is followed to its end. `head` is the
+/// head when the rebuild started. What every store's rebuild shares.
+pub async fn follow_rebuild<F, Fut>(
+    handle: &crate::projection::ProjectionHandle,
+    head: u64,
+    mut progress: F,
+    on_progress: &mut impl FnMut(
+        &crate::projection::ProjectionProgress,
+        &crate::projection::ProjectionStatus,
+    ),
+) -> Result<(), FollowError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<crate::projection::ProjectionProgress, StoreError>>,
+{
+    use crate::projection::ProjectionState;
+    let mut target = head;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let status = handle.status();
+        if matches!(
+            status.state,
+            ProjectionState::Failed(_) | ProjectionState::Stopped
+        ) {
+            return Err(FollowError::Stopped(status.state));
+        }
+        let now = progress().await.map_err(FollowError::Store)?;
+        let caught_up =
+            (now.behind == 0 || now.position >= target) && status.state == ProjectionState::Running;
+        target = now.head;
+        let status = if caught_up {
+            // The checkpoint commits before the runner counts the batch:
+            // let its status catch up, so the last report is complete.
+            let _ = handle
+                .wait_for(now.position, std::time::Duration::from_secs(10))
+                .await;
+            handle.status()
+        } else {
+            status
+        };
+        on_progress(&now, &status);
+        if caught_up {
+            return Ok(());
+        }
+    }
+}
