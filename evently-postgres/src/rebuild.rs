@@ -1,7 +1,6 @@
 //! Rebuilding a projection's read model from position zero while the old
 //! one keeps serving, and switching over in one transaction.
 
-
 use evently_core::projection::{Projection, ProjectionHandle, ProjectionOptions};
 use evently_core::StoreError;
 use sqlx::postgres::PgConnection;

@@ -160,9 +160,14 @@ impl SqliteEventStoreBuilder {
         self
     }
 
-    /// Opens (creating and migrating) the store in the file `path`.
+    /// Opens (creating and migrating) the store in the file `path`;
+    /// `:memory:` or `sqlite::memory:` opens one in memory
+    /// ([`SqliteEventStoreBuilder::open_in_memory`]).
     pub async fn open(self, path: impl AsRef<Path>) -> Result<SqliteEventStore, SetupError> {
         let path = path.as_ref().to_owned();
+        if path.as_os_str() == ":memory:" || path.as_os_str() == "sqlite::memory:" {
+            return self.open_in_memory().await;
+        }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
                 return Err(SetupError::MissingDirectory { path });

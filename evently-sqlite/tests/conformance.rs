@@ -13,3 +13,38 @@ async fn fresh_store() -> SqliteEventStore {
 }
 
 evently_core::conformance_suite!(fresh_store);
+
+/// `sqlite::memory:` (or `:memory:`) opens a store in memory: each its
+/// own, no file written, the same behaviour.
+#[tokio::test]
+async fn sqlite_memory_opens_a_store_in_memory_of_its_own() {
+    use evently_core::{EventStore, ExpectedVersion, Metadata, NewEvent, Payload, StreamId};
+    let cwd = std::env::current_dir().unwrap();
+    let (a, b) = (
+        SqliteEventStore::open("sqlite::memory:").await.unwrap(),
+        SqliteEventStore::open(":memory:").await.unwrap(),
+    );
+    assert_eq!(a.path(), std::path::Path::new(":memory:"));
+    let event = || {
+        NewEvent::raw(
+            "Noted",
+            1,
+            Payload::from_json("{}").unwrap(),
+            Metadata::new(),
+        )
+    };
+    let stored = a
+        .append(
+            &StreamId::from("s"),
+            ExpectedVersion::NoStream,
+            vec![event(), event()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored[1].global_position, 2);
+    assert_eq!(a.read_all(1, 10).await.unwrap().len(), 2);
+    assert_eq!(b.head_position().await.unwrap(), 0, "another store");
+    for name in ["sqlite::memory:", ":memory:"] {
+        assert!(!cwd.join(name).exists(), "no file {name}");
+    }
+}
