@@ -225,7 +225,7 @@ impl SqliteEventStoreBuilder {
         Ok(SqliteEventStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer: Arc::new(Mutex::new(writer)),
                 queue: Default::default(),
                 readers,
                 options,
@@ -310,7 +310,7 @@ pub struct SqliteEventStore {
 struct Inner {
     path: PathBuf,
     /// The one write connection: appends queue here.
-    writer: Mutex<SqliteConnection>,
+    writer: Arc<Mutex<SqliteConnection>>,
     /// Appends waiting for the write connection (group commit).
     queue: std::sync::Mutex<Vec<write::Pending>>,
     readers: SqlitePool,

@@ -411,3 +411,63 @@ async fn refused_and_retried_appends_in_a_group_leave_the_others_whole() {
     assert_eq!(positions, (1..=40).collect::<Vec<u64>>());
     assert!(log.iter().all(|e| !e.stream_id.as_str().starts_with("a-")));
 }
+
+/// Callers that stop waiting mid-append (time-outs of a few hundred
+/// microseconds) cut no write off: every acknowledged append is stored,
+/// the log stays gap-free, and the store goes on taking appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_whose_callers_give_up_leave_the_log_whole() {
+    let store = SqliteEventStore::open(dir("cancelled").join("log.db"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..200u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = StreamId::from(format!("c-{t}"));
+            let append = store.append(&stream, ExpectedVersion::NoStream, vec![event(t)]);
+            // Every other caller waits; the rest give up within a
+            // millisecond or so.
+            let patience = if t % 2 == 0 {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_micros(200 * (t % 8))
+            };
+            tokio::time::timeout(patience, append)
+                .await
+                .ok()
+                .map(|r| r.unwrap())
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for (t, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Some(stored) => acknowledged.push((t, stored[0].global_position)),
+            None => assert!(t % 2 == 1, "a patient caller {t} got no answer"),
+        }
+    }
+    assert!(acknowledged.len() >= 100);
+    let later = store
+        .append(
+            &StreamId::from("after"),
+            ExpectedVersion::NoStream,
+            vec![event(999)],
+        )
+        .await
+        .expect("the store still takes appends");
+    let log = store.read_all(1, 1_000).await.unwrap();
+    let positions: Vec<u64> = log.iter().map(|e| e.global_position).collect();
+    assert_eq!(
+        positions,
+        (1..=later[0].global_position).collect::<Vec<_>>()
+    );
+    for (t, position) in &acknowledged {
+        let stored = &log[*position as usize - 1];
+        assert_eq!(stored.stream_id.as_str(), format!("c-{t}"), "append {t}");
+    }
+    eprintln!(
+        "{} of 200 acknowledged, {} stored",
+        acknowledged.len(),
+        log.len() - 1
+    );
+}

@@ -116,24 +116,35 @@ impl SqliteEventStore {
             answered = &mut answer => {
                 return answered.unwrap_or_else(|_| Err(dropped()));
             }
-            mut conn = self.inner.writer.lock() => {
-                let batch = std::mem::take(
-                    &mut *self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()),
-                );
-                if !batch.is_empty() {
-                    let head = commit_group(&mut conn, batch, &self.inner.inline).await;
-                    self.publish(head);
-                }
+            mut conn = self.inner.writer.clone().lock_owned() => {
+                // The group commits on a task of its own: a caller that
+                // stops waiting (a time-out, a cancelled request) cannot
+                // cut a write off half-way, and every append of the group
+                // gets its true answer.
+                let store = self.clone();
+                let committed = tokio::spawn(async move {
+                    let batch = std::mem::take(
+                        &mut *store.inner.queue.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    if !batch.is_empty() {
+                        let head = commit_group(&mut conn, batch, &store.inner.inline).await;
+                        store.publish(head);
+                    }
+                });
+                drop(committed);
             }
         }
         answer.await.unwrap_or_else(|_| Err(dropped()))
     }
 }
 
-/// The answer of an append whose group was dropped (its holder's future
-/// cancelled) before it committed.
+/// The answer of an append whose group's task ended without answering
+/// (it panicked, or the runtime shut down).
 fn dropped() -> StoreError {
-    StoreError::unavailable("the append's group was dropped before it committed")
+    StoreError::unavailable(
+        "the append's group ended without an answer (its task stopped): it may or may not be stored; \
+         retrying it with the same event ids is safe",
+    )
 }
 
 /// Refuses a write from inside a projection's batch (which holds the
