@@ -92,6 +92,13 @@ where
         stage_of(&transfers, "t3", Stage::Crediting).await,
         Stage::Crediting
     );
+    // The sender sets the deadline after the stage shows: let it catch up.
+    let head = store.head_position().await.unwrap();
+    running
+        .sender
+        .wait_for(head, Duration::from_secs(10))
+        .await
+        .unwrap();
     let status = process_status(&transfers, "t3").await.unwrap();
     assert_eq!((status.state.stage, status.version), (Stage::Crediting, 1));
     assert_eq!(status.waiting.len(), 1);

@@ -26,8 +26,23 @@
 //! positions are gap-free by construction, and a reader never sees a
 //! position before the ones below it.
 //!
+//! Appends queued while the writer is busy commit together in one
+//! transaction (one sync to disk for all of them); a refused one fails
+//! alone.
+//!
 //! Subscribers in the process are woken by each append; a subscriber in
 //! another process on the same file polls (every 100 ms by default).
+//!
+//! # Read models
+//!
+//! Projections write into tables in the same file, their checkpoint moved
+//! in the same transaction ([`SqliteEventStore::run_projection`]); views
+//! keep documents without SQL; inline projections are written in the
+//! append's own transaction ([`SqliteEventStoreBuilder::inline_projection`]);
+//! a read model is rebuilt into new tables or in place
+//! ([`SqliteEventStore::rebuild_projection`],
+//! [`SqliteEventStore::rebuild_projection_in_place`],
+//! [`SqliteEventStore::rebuild_view`]). Process managers run on it too.
 
 #![warn(missing_docs)]
 
