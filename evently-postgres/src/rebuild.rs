@@ -2,7 +2,6 @@
 //! one keeps serving, and switching over in one transaction.
 
 use evently_core::projection::{Projection, ProjectionHandle, ProjectionOptions};
-use evently_core::StoreError;
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 
@@ -12,56 +11,7 @@ use crate::queries::{ADVISORY_UNLOCK, TRY_ADVISORY_LOCK};
 use crate::PgEventStore;
 use evently_core::projection::{ProjectionProgress, ProjectionStatus};
 
-/// Why a rebuild did not switch over.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RebuildError {
-    /// The projection stopped or failed before it caught up; nothing was
-    /// switched.
-    #[error("the rebuild of `{name}` stopped before it caught up: {state:?}")]
-    Stopped {
-        /// The projection.
-        name: String,
-        /// Its state.
-        state: evently_core::projection::ProjectionState,
-    },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The view's name is invalid, or its runner could not start.
-    #[error(transparent)]
-    View(#[from] evently_core::view::ViewError),
-    /// The switch-over statements failed; the old read model still serves.
-    #[error("the switch-over of `{name}` failed: {source}")]
-    Switch {
-        /// The projection.
-        name: String,
-        /// The database's error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The name already has a checkpoint past zero: a projection of that
-    /// name has written its read model, and replaying the log from zero
-    /// would apply every event to it again. Nothing was changed. Rebuild
-    /// under a new name into new tables, or call
-    /// [`PgEventStore::force_rebuild_projection`] after emptying the
-    /// tables.
-    #[error("projection `{name}` already has a checkpoint at position {position}: rebuilding it under that name would replay the log into its tables again (rebuild under a new name, or empty its tables and force the rebuild)")]
-    CheckpointExists {
-        /// The projection.
-        name: String,
-        /// Its checkpoint.
-        position: u64,
-    },
-    /// An instance of a projection of that name is running (it holds the
-    /// projection's lock): it must stop before a rebuild under its name,
-    /// forced or not. Nothing was changed.
-    #[error("projection `{name}` is running: stop it before rebuilding under its name")]
-    Running {
-        /// The projection.
-        name: String,
-    },
-}
+pub use evently_core::projection::RebuildError;
 
 impl PgEventStore {
     /// Rebuilds a read model from position zero while the old one keeps
@@ -207,7 +157,7 @@ impl PgEventStore {
             .await
             .map_err(|source| RebuildError::Switch {
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         tx.commit().await.map_err(unavailable_or_backend)?;
         Ok(handle)

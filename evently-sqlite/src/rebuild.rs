@@ -4,8 +4,7 @@
 
 use evently_core::backend::FollowError;
 use evently_core::projection::{
-    Projection, ProjectionHandle, ProjectionOptions, ProjectionProgress, ProjectionState,
-    ProjectionStatus,
+    Projection, ProjectionHandle, ProjectionOptions, ProjectionProgress, ProjectionStatus,
 };
 use evently_core::{EventStore, StoreError};
 use sqlx::sqlite::SqliteConnection;
@@ -13,53 +12,7 @@ use sqlx::sqlite::SqliteConnection;
 use crate::write::{begin, finish};
 use crate::{error, now, SqliteEventStore};
 
-/// Why a rebuild did not switch over.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RebuildError {
-    /// The projection stopped or failed before it caught up; nothing was
-    /// switched.
-    #[error("the rebuild of `{name}` stopped before it caught up: {state:?}")]
-    Stopped {
-        /// The projection.
-        name: String,
-        /// Its state.
-        state: ProjectionState,
-    },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The view's name is invalid, or its table could not be made.
-    #[error(transparent)]
-    View(#[from] evently_core::view::ViewError),
-    /// The switch-over statements failed; the old read model still serves.
-    #[error("the switch-over of `{name}` failed: {source}")]
-    Switch {
-        /// The projection.
-        name: String,
-        /// SQLite's error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The name already has a checkpoint past zero: replaying the log
-    /// from zero would apply every event to its tables again. Nothing was
-    /// changed. Rebuild under a new name into new tables, or call
-    /// [`SqliteEventStore::force_rebuild_projection`] after emptying them.
-    #[error("projection `{name}` already has a checkpoint at position {position}: rebuilding it under that name would replay the log into its tables again (rebuild under a new name, or empty its tables and force the rebuild)")]
-    CheckpointExists {
-        /// The projection.
-        name: String,
-        /// Its checkpoint.
-        position: u64,
-    },
-    /// An instance of a projection of that name is running (it holds the
-    /// projection's lease): it must stop first. Nothing was changed.
-    #[error("projection `{name}` is running: stop it before rebuilding under its name")]
-    Running {
-        /// The projection.
-        name: String,
-    },
-}
+pub use evently_core::projection::RebuildError;
 
 /// What a reset found in the way.
 enum Refusal {
@@ -233,7 +186,10 @@ impl SqliteEventStore {
         begin(&mut conn).await?;
         if let Err(source) = sqlx::Executor::execute(&mut *conn, switch_sql).await {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return Err(RebuildError::Switch { name, source });
+            return Err(RebuildError::Switch {
+                name,
+                source: Box::new(source),
+            });
         }
         finish(&mut conn, Ok(())).await?;
         Ok(handle)

@@ -24,9 +24,11 @@ use tokio::sync::watch;
 use crate::event::{Event, RecordedEvent};
 
 mod memory;
+mod rebuild;
 mod runner;
 
 pub use memory::MemoryReadModel;
+pub use rebuild::RebuildError;
 pub use runner::run_projection;
 
 /// What a projection handler fails with.
