@@ -4,7 +4,6 @@
 use evently_core::{CommandRecord, NewEvent, RecordedEvent, StoreError, StreamAppend, StreamId};
 use sqlx::sqlite::SqliteConnection;
 
-use super::Outcome;
 use crate::{error, id_text, now, recorded, COLUMNS};
 
 /// Inserts an event at the log's last position + 1 (the one writer holds
@@ -143,18 +142,10 @@ pub(super) fn json<T: serde::Serialize + ?Sized>(
     })
 }
 
-pub(super) async fn write_all(
-    conn: &mut SqliteConnection,
-    writes: &[StreamAppend],
-    command: Option<&CommandRecord>,
-) -> Outcome {
-    write_checked(conn, writes, command)
-        .await
-        .map(|(results, head, _)| (results, head))
-}
-
-/// [`write_all`], saying of each stream whether its events were stored
-/// now (`true`) or found stored by an earlier try of the append.
+/// Checks every stream (a retried append, a command run before, a closed
+/// stream, the expected version), then writes; says of each stream
+/// whether its events were stored now (`true`) or found stored by an
+/// earlier try of the append.
 pub(super) async fn write_checked(
     conn: &mut SqliteConnection,
     writes: &[StreamAppend],

@@ -12,7 +12,7 @@ mod checked;
 mod fast;
 
 pub(crate) use checked::insert_command;
-use checked::{write_all, write_checked};
+use checked::write_checked;
 use fast::{write_fast, Fast};
 
 /// Starts a write transaction, waiting for another process's lock up to
@@ -194,7 +194,7 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Pending>, inline: 
     if let Err(e) = begin(conn).await {
         return refuse_all(group, &e.to_string());
     }
-    let outcomes = match write_group(conn, &group).await {
+    let outcomes = match write_group(conn, &group, inline).await {
         Some(outcomes) => outcomes,
         None => {
             // A check refused an append after part of it was written: the
@@ -205,7 +205,7 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Pending>, inline: 
             }
             let mut outcomes = Vec::with_capacity(group.len());
             for p in &group {
-                outcomes.push(careful(conn, p, group.len() == 1).await);
+                outcomes.push(careful(conn, p, group.len() == 1, inline).await);
             }
             outcomes
         }
@@ -222,39 +222,9 @@ async fn commit_checked(conn: &mut SqliteConnection, group: Vec<Pending>, inline
     if let Err(e) = begin(conn).await {
         return refuse_all(group, &e.to_string());
     }
-    let alone = group.len() == 1;
     let mut outcomes = Vec::with_capacity(group.len());
     for p in &group {
-        if !alone {
-            if let Err(e) = sqlx::query("SAVEPOINT append").execute(&mut *conn).await {
-                outcomes.push(Err(error::store(e)));
-                continue;
-            }
-        }
-        let outcome = match write_checked(conn, &p.writes, p.command.as_ref()).await {
-            Ok((results, head, fresh)) => {
-                let stored: Vec<RecordedEvent> = results
-                    .iter()
-                    .zip(&fresh)
-                    .filter(|(_, fresh)| **fresh)
-                    .flat_map(|(events, _)| events.iter().cloned())
-                    .collect();
-                inline.apply(conn, &stored).await.map(|()| (results, head))
-            }
-            Err(e) => Err(e),
-        };
-        if !alone {
-            let end = if outcome.is_ok() {
-                "RELEASE append"
-            } else {
-                "ROLLBACK TO append; RELEASE append"
-            };
-            if let Err(e) = sqlx::Executor::execute(&mut *conn, end).await {
-                outcomes.push(Err(error::store(e)));
-                continue;
-            }
-        }
-        outcomes.push(outcome);
+        outcomes.push(careful(conn, p, group.len() == 1, inline).await);
     }
     answer(conn, group, outcomes).await
 }
@@ -296,13 +266,17 @@ fn refuse_all(group: Vec<Pending>, message: &str) -> u64 {
 
 /// Each append of the group the fast way where it can, else the careful
 /// way; `None` when a fast attempt was refused after writing part of it.
-async fn write_group(conn: &mut SqliteConnection, group: &[Pending]) -> Option<Vec<Outcome>> {
+async fn write_group(
+    conn: &mut SqliteConnection,
+    group: &[Pending],
+    inline: &Inlines,
+) -> Option<Vec<Outcome>> {
     let mut outcomes = Vec::with_capacity(group.len());
     for p in group {
         match write_fast(conn, &p.writes, p.command.as_ref(), false).await {
             Fast::Done(done) => outcomes.push(Ok(done)),
             Fast::Undo => return None,
-            Fast::NotTaken => outcomes.push(careful(conn, p, group.len() == 1).await),
+            Fast::NotTaken => outcomes.push(careful(conn, p, group.len() == 1, inline).await),
         }
     }
     Some(outcomes)
@@ -310,22 +284,41 @@ async fn write_group(conn: &mut SqliteConnection, group: &[Pending]) -> Option<V
 
 /// The careful way: every check first, then the writes; in a savepoint
 /// of its own unless it is alone in its transaction.
-async fn careful(conn: &mut SqliteConnection, p: &Pending, alone: bool) -> Outcome {
-    if alone {
-        return write_all(conn, &p.writes, p.command.as_ref()).await;
+async fn careful(
+    conn: &mut SqliteConnection,
+    p: &Pending,
+    alone: bool,
+    inline: &Inlines,
+) -> Outcome {
+    if !alone {
+        sqlx::query("SAVEPOINT append")
+            .execute(&mut *conn)
+            .await
+            .map_err(error::store)?;
     }
-    sqlx::query("SAVEPOINT append")
-        .execute(&mut *conn)
-        .await
-        .map_err(error::store)?;
-    let result = write_all(conn, &p.writes, p.command.as_ref()).await;
-    let end = if result.is_ok() {
-        "RELEASE append"
-    } else {
-        "ROLLBACK TO append; RELEASE append"
+    let result = match write_checked(conn, &p.writes, p.command.as_ref()).await {
+        Ok((results, head, fresh)) if !inline.is_empty() => {
+            // The inline projections see what this append stored, not
+            // what an earlier try of it did.
+            let stored: Vec<RecordedEvent> = results
+                .iter()
+                .zip(&fresh)
+                .filter(|(_, fresh)| **fresh)
+                .flat_map(|(events, _)| events.iter().cloned())
+                .collect();
+            inline.apply(conn, &stored).await.map(|()| (results, head))
+        }
+        written => written.map(|(results, head, _)| (results, head)),
     };
-    sqlx::Executor::execute(&mut *conn, end)
-        .await
-        .map_err(error::store)?;
+    if !alone {
+        let end = if result.is_ok() {
+            "RELEASE append"
+        } else {
+            "ROLLBACK TO append; RELEASE append"
+        };
+        sqlx::Executor::execute(&mut *conn, end)
+            .await
+            .map_err(error::store)?;
+    }
     result
 }
